@@ -1,0 +1,110 @@
+"""`pocketbert tokenizer train`: a SentencePiece model with BERT's special tokens at fixed ids."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from training.errors import CLIError
+
+
+def reservoir_sample(lines: Iterable[str], size: int, seed: int) -> list[str]:
+    """A uniform sample of at most `size` non-empty lines, reading the stream once (memory O(size))."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        seen += 1
+        if len(sample) < size:
+            sample.append(line)
+        else:
+            slot = rng.randrange(seen)
+            if slot < size:
+                sample[slot] = line
+    return sample
+
+
+def train_tokenizer(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    vocab_size: int = 8000,
+    character_coverage: float = 0.9995,
+    model_type: str = "unigram",
+    input_sentence_size: int = 2_000_000,
+    seed: int = 0,
+    verbose: bool = False,
+) -> Path:
+    """Train on a sample of the input lines and write out_dir/tokenizer.model atomically; return its path."""
+    import sentencepiece as spm
+
+    from model.tokenizer import MODEL_FILENAME, SPECIAL_TOKENS, Tokenizer
+    from training.textio import iter_lines
+
+    sentences = reservoir_sample(iter_lines(inputs), input_sentence_size, seed)
+    if not sentences:
+        raise CLIError(f"{', '.join(map(str, inputs))}: no text to train on (every line is empty)")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece=SPECIAL_TOKENS[0], unk_piece=SPECIAL_TOKENS[1],
+            bos_piece=SPECIAL_TOKENS[2], eos_piece=SPECIAL_TOKENS[3],
+            user_defined_symbols=list(SPECIAL_TOKENS[4:]),  # [CLS] [SEP] [MASK]: ids 4, 5, 6, never split
+            input_sentence_size=0,  # already sampled above
+            shuffle_input_sentence=False,
+            max_sentence_length=16384,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=0 if verbose else 2,
+        )
+    except RuntimeError as exc:  # e.g. "Vocabulary size is too high (8000). Please set it to a value <= 512."
+        raise CLIError(f"sentencepiece could not train on {len(sentences)} lines: {exc}") from exc
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / MODEL_FILENAME
+    tmp = target.with_suffix(".model.tmp")
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, target)
+    Tokenizer(target)  # fails loudly if the special tokens did not land at their ids
+    return target
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = sub.add_parser(
+        "train",
+        help="train a SentencePiece tokenizer on text files",
+        description="Train a SentencePiece tokenizer whose ids 0-6 are [PAD] [UNK] [BOS] [EOS] [CLS] [SEP] [MASK].",
+    )
+    train.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                       help="UTF-8 text files (.gz too), one sentence or paragraph per line")
+    train.add_argument("--out", required=True, metavar="DIR", help="folder that receives tokenizer.model")
+    train.add_argument("--vocab-size", type=int, default=8000, help="pieces in the vocabulary, specials included")
+    train.add_argument("--character-coverage", type=float, default=0.9995,
+                       help="share of characters the vocabulary must cover (0.9995 suits Korean and English)")
+    train.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram",
+                       help="SentencePiece algorithm")
+    train.add_argument("--input-sentence-size", type=int, default=2_000_000,
+                       help="lines sampled uniformly from the input (keeps memory bounded on large corpora)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the line sample and of SentencePiece")
+    train.add_argument("--verbose", action="store_true", help="show SentencePiece's training log")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = train_tokenizer(
+        args.input, args.out, args.vocab_size, args.character_coverage, args.model_type,
+        args.input_sentence_size, args.seed, args.verbose,
+    )
+    print(f"wrote {path}")
+    return 0
