@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["bundle_fixtures"]
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 _SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "this movie", "the bird", "our team", "the city",
