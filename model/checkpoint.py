@@ -68,3 +68,38 @@ def load_model(
     model.load_state_dict(payload["model"])
     model.eval()
     return model, payload["metadata"]
+
+
+# Keys that Hugging Face leaves out of model.safetensors because they are tied to another tensor.
+_TIED_KEYS = {
+    "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+
+
+def load_hf_folder(folder: str | Path) -> BertForPreTraining | BertForSequenceClassification:
+    """Load a transformers `save_pretrained` folder (config.json + model.safetensors) of BERT's shape.
+
+    A folder whose architectures name BertForSequenceClassification becomes our classifier, any other
+    our pretraining model; extra keys (HF's position_ids buffers) are ignored, missing ones are an error.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = BertConfig.from_dict(hf_config)
+    state = load_file(str(folder / "model.safetensors"))
+    for key, source in _TIED_KEYS.items():
+        if key not in state and source in state:
+            state[key] = state[source]
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    if "BertForSequenceClassification" in hf_config.get("architectures", []):
+        num_labels = len(hf_config.get("id2label", {})) or 2
+        model: BertForPreTraining | BertForSequenceClassification = BertForSequenceClassification(config, num_labels)
+    else:
+        model = BertForPreTraining(config)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model

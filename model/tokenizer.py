@@ -196,7 +196,7 @@ class Tokenizer:
         )
         if len(ids_b) != len(ids_a):
             raise ValueError(f"{len(texts)} texts but {len(ids_b)} text pairs")
-        return pad_batch([self.build_inputs(a, b, max_length) for a, b in zip(ids_a, ids_b)], pad_to)
+        return pad_batch([self.build_inputs(a, b, max_length) for a, b in zip(ids_a, ids_b, strict=True)], pad_to)
 
     # --- ids -> text ------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

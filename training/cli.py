@@ -33,7 +33,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Pretrain a small BERT, fine-tune it, export it to ONNX and serve it.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text, _) in COMMANDS.items():
+    for name, (_, help_text, _) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
         if name == command:
             _load(name).add_arguments(command_parser)

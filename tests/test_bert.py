@@ -1,0 +1,134 @@
+"""The from-scratch BERT against Hugging Face's: same weight names, same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.bert import IGNORE_INDEX, BertForPreTraining, BertForSequenceClassification
+from model.checkpoint import load_hf_folder, load_model, save_model
+from model.config import BertConfig
+
+transformers = pytest.importorskip("transformers")
+
+CONFIG = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=64)
+
+
+def _hf_config(num_labels: int = 2):  # noqa: ANN202
+    return transformers.BertConfig(num_labels=num_labels, **CONFIG.to_hf_dict())
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three rows: full length, padded after 7, padded after 4; two segments in each."""
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(7, CONFIG.vocab_size, (3, 12), generator=gen)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    attention_mask[2, 4:] = 0
+    input_ids[attention_mask == 0] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[0, 6:] = 1
+    token_type_ids[1, 4:7] = 1
+    token_type_ids[2, 2:4] = 1
+    return input_ids, token_type_ids, attention_mask
+
+
+def test_state_dict_keys_match_hugging_face() -> None:
+    ours = set(BertForPreTraining(CONFIG).state_dict())
+    theirs = set(transformers.BertForPreTraining(_hf_config()).state_dict())
+    assert ours == theirs
+    ours = set(BertForSequenceClassification(CONFIG, 3).state_dict())
+    theirs = set(transformers.BertForSequenceClassification(_hf_config(3)).state_dict())
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pretraining_logits_match_hugging_face(attn: str) -> None:
+    torch.manual_seed(0)
+    hf = transformers.BertForPreTraining(_hf_config()).eval()
+    ours = BertForPreTraining(BertConfig(**{**CONFIG.to_dict(), "attn_implementation": attn})).eval()
+    ours.load_state_dict(hf.state_dict())
+    input_ids, token_type_ids, attention_mask = _batch()
+    with torch.no_grad():
+        expected = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        got = ours(input_ids, token_type_ids, attention_mask)
+    real = attention_mask.bool()  # padded positions' outputs are meaningless in both
+    assert torch.allclose(got.mlm_logits[real], expected.prediction_logits[real], atol=1e-5)
+    assert torch.allclose(got.nsp_logits, expected.seq_relationship_logits, atol=1e-5)
+
+
+def test_classification_logits_match_hugging_face() -> None:
+    torch.manual_seed(1)
+    hf = transformers.BertForSequenceClassification(_hf_config(3)).eval()
+    ours = BertForSequenceClassification(CONFIG, 3).eval()
+    ours.load_state_dict(hf.state_dict())
+    input_ids, token_type_ids, attention_mask = _batch()
+    with torch.no_grad():
+        expected = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).logits
+        got = ours(input_ids, token_type_ids, attention_mask).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_sparse_and_positional_mlm_equal_the_full_head() -> None:
+    torch.manual_seed(2)
+    model = BertForPreTraining(CONFIG).eval()
+    input_ids, token_type_ids, attention_mask = _batch()
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[0, 3] = 11
+    labels[1, 5] = 12
+    labels[2, 1] = 13
+    with torch.no_grad():
+        full = model(input_ids, token_type_ids, attention_mask, labels=labels)
+        sparse = model(input_ids, token_type_ids, attention_mask, labels=labels, sparse_mlm=True)
+        positions = torch.tensor([[3], [5], [1]])
+        at = model(input_ids, token_type_ids, attention_mask, masked_positions=positions)
+    assert sparse.mlm_logits.shape == (3, CONFIG.vocab_size)
+    chosen = labels != IGNORE_INDEX
+    assert torch.allclose(sparse.mlm_logits, full.mlm_logits[chosen], atol=1e-6)
+    assert torch.allclose(sparse.mlm_loss, full.mlm_loss, atol=1e-6)
+    assert torch.allclose(at.mlm_logits[:, 0], full.mlm_logits[chosen], atol=1e-6)
+
+
+def test_decoder_is_tied_to_word_embeddings_and_trains_together() -> None:
+    model = BertForPreTraining(CONFIG)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.bias is model.cls.predictions.bias
+    input_ids, token_type_ids, attention_mask = _batch()
+    labels = torch.where(attention_mask.bool(), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    out = model(input_ids, token_type_ids, attention_mask, labels=labels,
+                next_sentence_label=torch.tensor([0, 1, 0]), sparse_mlm=True)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.nsp_loss is not None and out.mlm_loss is not None
+    assert model.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_hf_save_pretrained_folder_loads_here(tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(3)
+    hf = transformers.BertForPreTraining(_hf_config()).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_hf_folder(tmp_path)
+    input_ids, token_type_ids, attention_mask = _batch()
+    with torch.no_grad():
+        expected = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        got = ours(input_ids, token_type_ids, attention_mask)
+    assert torch.allclose(got.nsp_logits, expected.seq_relationship_logits, atol=1e-5)
+
+
+def test_model_checkpoint_round_trip(tmp_path) -> None:  # noqa: ANN001
+    model = BertForSequenceClassification(CONFIG, 2).eval()
+    save_model(tmp_path / "model.pt", model, {"label_names": ["neg", "pos"]})
+    loaded, metadata = load_model(tmp_path / "model.pt")
+    assert metadata == {"label_names": ["neg", "pos"]}
+    assert isinstance(loaded, BertForSequenceClassification) and loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_config_json_round_trip_and_validation(tmp_path) -> None:  # noqa: ANN001
+    CONFIG.to_json(tmp_path / "c.json")
+    assert BertConfig.from_json(tmp_path / "c.json") == CONFIG
+    assert "attn_implementation" not in CONFIG.to_hf_dict()
+    with pytest.raises(ValueError, match="multiple of num_attention_heads"):
+        BertConfig(hidden_size=30, num_attention_heads=4)
