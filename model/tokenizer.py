@@ -23,6 +23,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKE
 NUM_SPECIAL = len(SPECIAL_TOKENS)  # ids below this are special: never masked, never a random replacement
 MODEL_FILENAME = "tokenizer.model"
 WORD_BOUNDARY = "\u2581"  # "▁": SentencePiece's mark for "a new word starts here"
+_THREADED_BATCH_MIN = 256  # batches at least this large go through SentencePiece's threaded list call
 
 S = TypeVar("S", bound=Sequence)
 
@@ -152,7 +153,13 @@ class Tokenizer:
         return self._drop_boundary_before_mask(self.sp.encode(text, out_type=int))
 
     def encode_ids_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """encode_ids over many texts in one call (SentencePiece batches these in C++)."""
+        """encode_ids over many texts.
+
+        SentencePiece's list call encodes on a thread pool: ~3x faster for thousands of texts (data
+        preparation), but starting the threads costs more than it saves for a web request's handful.
+        """
+        if len(texts) < _THREADED_BATCH_MIN:
+            return [self.encode_ids(text) for text in texts]
         return [self._drop_boundary_before_mask(ids) for ids in self.sp.encode(list(texts), out_type=int)]
 
     def _drop_boundary_before_mask(self, ids: list[int]) -> list[int]:
