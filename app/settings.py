@@ -1,0 +1,88 @@
+"""Service settings, read from the environment (prefix POCKETBERT_) by pydantic-settings.
+
+Every field has a default that serves the bundle(s) in ./bundles with no configuration at all; the
+README's settings table mirrors this class. Lists (bundle folders, CORS origins) are comma-separated in
+the environment, e.g. POCKETBERT_BUNDLES=bundles/en,bundles/ko.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "POCKETBERT_"
+
+
+def _split_commas(value: object) -> object:
+    """'a, b' -> ['a', 'b']; lists (from Python callers) pass through unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """What the web service serves and how it batches; one instance per app."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    bundles: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("bundles")],
+        description="Bundle folders: each is a bundle (has bundle.json) or a folder of bundles, one per subfolder.",
+    )
+    default_model: str | None = Field(
+        None, description="Model used when a request names none; default: the first bundle by name."
+    )
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most sequences run in one inference batch.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=10_000,
+        description="Longest the oldest queued request waits for a batch to fill before the batch runs anyway.",
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="Most sequences waiting per (model, task) queue; beyond it requests get 503."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of a request from its arrival; past it the answer is 504."
+    )
+    max_inputs: int = Field(64, ge=1, description="Most texts (or pairs) in one request.")
+    max_text_chars: int = Field(4000, ge=1, description="Most characters in one text.")
+    ort_threads: int | None = Field(
+        None, ge=1,
+        description="onnxruntime intra-op threads per model; default: CPU cores - 1 (at least 1), leaving one "
+                    "core to the event loop, which parses HTTP and forms the next batch while one runs.",
+    )
+    inference_workers: int = Field(
+        1, ge=1, le=64,
+        description="Threads that run batches; 1 runs one batch at a time, which suits a CPU-bound engine.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated; empty: CORS off."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service (and of uvicorn when started by `pocketbert serve`)."
+    )
+    host: str = Field("127.0.0.1", description="Address `pocketbert serve` binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `pocketbert serve` binds.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes started by `pocketbert serve`.")
+
+    @property
+    def inference_threads(self) -> int:
+        """ort_threads, or the default: the usable cores but one (onnxruntime's own default takes every core
+        and spin-waits, which starves the event loop on a small machine)."""
+        if self.ort_threads:
+            return self.ort_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores - 1)
+
+    @field_validator("bundles", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

@@ -1,0 +1,371 @@
+"""Serving benchmark: pocketbert's batched ONNX server against a naive one-request-one-forward server.
+
+    .venv/bin/python bench/serve.py [--seconds 8] [--concurrency 1 8 32]
+
+Self-contained: builds a random-weight bundle of the default pocketbert shape (3 layers, hidden 256,
+4 heads, vocabulary 8,000; INT8 + onnxruntime fusions) with the project's own export in a temp folder,
+then, one server at a time on 127.0.0.1:
+  ours   uvicorn + app.main (dynamic batching, onnxruntime), default settings;
+  naive  FastAPI + PyTorch eager on the same weights, one forward per request (this file, --naive-server).
+An asyncio load generator (raw HTTP/1.1 keep-alive, one connection per concurrent client: light enough
+not to be the bottleneck on 2 cores) sends the same POST /fill-mask requests at each concurrency for a
+bounded time. Finally the bare engine runs fill-mask batches of the size our server formed at the highest
+concurrency: server requests/s over engine sequences/s is `engine_fraction` (the engine is the limit;
+the rest is HTTP, JSON and queueing). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TOP_K = 5
+_SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
+
+
+# --- the bundle ------------------------------------------------------------------------------------------
+def synthetic_corpus(path: Path, lines: int = 40_000, seed: int = 0) -> list[str]:
+    """Zipf-distributed made-up words (enough distinct pieces for an 8,000-piece vocabulary); returns a
+    few words to build request texts from."""
+    rng = random.Random(seed)
+    lexicon = sorted({"".join(rng.choices(_SYLLABLES, k=rng.randint(1, 4))) for _ in range(40_000)})
+    rng.shuffle(lexicon)
+    weights = [1.0 / (rank + 1) for rank in range(len(lexicon))]
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(lines):
+            f.write(" ".join(rng.choices(lexicon, weights, k=rng.randint(6, 24))) + ".\n")
+    return lexicon[:400]
+
+
+def build_bundle(work: Path) -> tuple[Path, Path, Path, list[str]]:
+    """(bundle dir, pretraining checkpoint, tokenizer dir, request texts)."""
+    import torch
+
+    from model.bert import BertForPreTraining, BertForSequenceClassification
+    from model.checkpoint import save_model
+    from model.config import BertConfig
+    from model.tokenizer import Tokenizer
+    from training.export import export_bundle
+    from training.tokenizer_train import train_tokenizer
+
+    words = synthetic_corpus(work / "corpus.txt")
+    train_tokenizer([work / "corpus.txt"], work / "tokenizer", vocab_size=8000)
+    tokenizer = Tokenizer(work / "tokenizer")
+    config = BertConfig(vocab_size=tokenizer.vocab_size)  # the default pocketbert: 3 x 256, 4 heads
+    torch.manual_seed(0)
+    meta = {"tokenizer_sha256": tokenizer.checksum}
+    save_model(work / "pretrained.pt", BertForPreTraining(config).eval(), meta)
+    save_model(work / "classifier.pt", BertForSequenceClassification(config, 2).eval(),
+               {**meta, "label_names": ["negative", "positive"]})
+    bundle = work / "bundles" / "bench"
+    export_bundle(work / "pretrained.pt", work / "classifier.pt", work / "tokenizer", bundle,
+                  quantize="int8", optimize=True, max_length=128)
+    rng = random.Random(1)
+    texts = []
+    for _ in range(256):
+        sentence = rng.choices(words, k=rng.randint(6, 20))
+        sentence[rng.randrange(len(sentence))] = "[MASK]"
+        texts.append(" ".join(sentence) + ".")
+    return bundle, work / "pretrained.pt", work / "tokenizer", texts
+
+
+# --- the naive peer ----------------------------------------------------------------------------------------
+class NaiveRequest(BaseModel):
+    inputs: str
+    top_k: int = TOP_K
+
+
+def naive_app(checkpoint: str, tokenizer_dir: str, max_length: int = 128):  # noqa: ANN201 - FastAPI
+    """FastAPI + PyTorch eager: each request runs its own forward pass (no batching, no ONNX)."""
+    import torch
+    from fastapi import FastAPI
+
+    from model.checkpoint import load_model
+    from model.tokenizer import MASK_ID, Tokenizer
+
+    model, _ = load_model(checkpoint)
+    tokenizer = Tokenizer(tokenizer_dir)
+    app = FastAPI()
+
+    @app.post("/fill-mask")
+    def fill_mask(body: NaiveRequest) -> dict:  # a plain def: FastAPI runs it in its thread pool, as tutorials do
+        enc = tokenizer.encode(body.inputs, max_length=max_length)
+        ids = torch.tensor([enc.input_ids])
+        positions = [i for i, t in enumerate(enc.input_ids) if t == MASK_ID]
+        with torch.inference_mode():
+            out = model(ids, torch.tensor([enc.token_type_ids]), torch.ones_like(ids),
+                        masked_positions=torch.tensor([positions]))
+            probs = out.mlm_logits.softmax(-1)[0]
+        results = []
+        for slot, position in enumerate(positions):
+            scores, tokens = probs[slot].topk(body.top_k)
+            preds = []
+            for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
+                filled = list(enc.input_ids)
+                filled[position] = token
+                preds.append({"score": score, "token": token,
+                              "token_str": tokenizer.decode([token], skip_special_tokens=False),
+                              "sequence": tokenizer.decode(filled)})
+            results.append(preds)
+        return {"model": "naive", "results": [results[0] if len(results) == 1 else results]}
+
+    return app
+
+
+# --- servers ---------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {limit_s:g} s")
+
+
+@contextlib.contextmanager
+def server(argv: list[str], env: dict[str, str], ready_url: str):  # noqa: ANN201
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        try:
+            wait_ready(ready_url)
+        except RuntimeError:
+            proc.kill()
+            raise RuntimeError(f"server failed: {proc.communicate(timeout=10)[1][-2000:]}") from None
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- load generator --------------------------------------------------------------------------------------------
+async def _client(port: int, bodies: list[bytes], start: int, stop_at: float, latencies: list[float],
+                  errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = start
+    try:
+        while time.perf_counter() < stop_at:
+            body = bodies[i % len(bodies)]
+            i += 1
+            request = (b"POST /fill-mask HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            began = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            payload = await reader.readexactly(int(match.group(1)) if match else 0)
+            latencies.append(time.perf_counter() - began)
+            if not head.startswith(b"HTTP/1.1 200") or b'"results"' not in payload:
+                errors.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def _load(port: int, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
+    # Warm-up: a short burst at the same concurrency, not measured.
+    sink: list[float] = []
+    warm_stop = time.perf_counter() + min(1.0, seconds / 4)
+    await asyncio.gather(*(_client(port, bodies, c * 7, warm_stop, sink, []) for c in range(concurrency)))
+    latencies: list[float] = []
+    errors: list[str] = []
+    began = time.perf_counter()
+    stop_at = began + seconds
+    await asyncio.gather(*(_client(port, bodies, c * 7, stop_at, latencies, errors) for c in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 2) if latencies else None,
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2) if latencies else None,
+    }
+
+
+def run_load(port: int, bodies: list[bytes], levels: list[int], seconds: float, on_level=None) -> list[dict]:  # noqa: ANN001
+    results = []
+    for concurrency in levels:
+        before = on_level() if on_level else None
+        result = asyncio.run(_load(port, bodies, concurrency, seconds))
+        if on_level:
+            result["batch"] = on_level(before)
+        results.append(result)
+        print(f"  c={concurrency:>3}: {result}", flush=True)
+    return results
+
+
+def batch_stats(port: int):  # noqa: ANN201
+    """A callable: with no argument, a snapshot of the fill-mask batch histogram's (sum, count); with a
+    snapshot, the mean batch size since it (includes the warm-up burst, which runs at the same load)."""
+
+    def read() -> tuple[float, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = count = 0.0
+        for line in text.splitlines():
+            if line.startswith("pocketbert_batch_size_sum") and 'task="fill-mask"' in line:
+                total = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("pocketbert_batch_size_count") and 'task="fill-mask"' in line:
+                count = float(line.rsplit(" ", 1)[1])
+        return total, count
+
+    def call(before: tuple[float, float] | None = None):  # noqa: ANN202
+        now = read()
+        if before is None:
+            return now
+        batches = now[1] - before[1]
+        return {"batches": int(batches), "mean_size": round((now[0] - before[0]) / batches, 2) if batches else None}
+
+    return call
+
+
+def uvicorn_flavour() -> str:
+    """What uvicorn's 'auto' picks: httptools + uvloop when installed (uvicorn[standard]), else h11 + asyncio."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http}+{loop}"
+
+
+def engine_throughput(bundle: Path, texts: list[str], batch_size: int, seconds: float,
+                      threads: int | None = None) -> float:
+    """Sequences/s of Engine.fill_mask alone (tokenize, onnxruntime, top-k) at this batch size."""
+    from app.engine import Engine
+
+    engine = Engine.load(bundle, intra_op_threads=threads)
+    batches = [[texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)] for i in range(64)]
+    for batch in batches[:3]:
+        engine.fill_mask(batch, top_k=TOP_K)
+    done = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        engine.fill_mask(batches[done % len(batches)], top_k=TOP_K)
+        done += 1
+    return done * batch_size / (time.perf_counter() - began)
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--ort-threads", type=int, default=None,
+                        help="onnxruntime threads of our server and the bare engine (default: the server's default)")
+    parser.add_argument("--plain-uvicorn", action="store_true",
+                        help="run our server with uvicorn's pure-Python h11 + asyncio instead of httptools + uvloop")
+    parser.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.naive_server:
+        import uvicorn
+
+        uvicorn.run(naive_app(args.checkpoint, args.tokenizer), host="127.0.0.1", port=args.port, log_level="warning")
+        return 0
+
+    from app.settings import Settings
+
+    # The bare engine gets the threads the server gives each model (its default unless --ort-threads).
+    threads = args.ort_threads or Settings().inference_threads
+    with tempfile.TemporaryDirectory(prefix="pocketbert-bench-") as tmp:
+        work = Path(tmp)
+        print("building a 3-layer/256/4-head, vocab-8000 random bundle (INT8, optimized) ...", flush=True)
+        bundle, checkpoint, tokenizer_dir, texts = build_bundle(work)
+        bodies = [json.dumps({"inputs": t, "top_k": TOP_K}).encode() for t in texts]
+        levels = sorted(args.concurrency)
+
+        port = free_port()
+        print(f"ours: uvicorn app.main on 127.0.0.1:{port}", flush=True)
+        with server([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+                     "--port", str(port), "--log-level", "warning", "--no-access-log",
+                     *(["--http", "h11", "--loop", "asyncio"] if args.plain_uvicorn else [])],
+                    {"POCKETBERT_BUNDLES": str(bundle.parent), "POCKETBERT_LOG_LEVEL": "warning",
+                     **({"POCKETBERT_ORT_THREADS": str(args.ort_threads)} if args.ort_threads else {})},
+                    f"http://127.0.0.1:{port}/readyz"):
+            ours = run_load(port, bodies, levels, args.seconds, on_level=batch_stats(port))
+        # The bare engine right after (other load on the machine drifts), and again at the end: the better
+        # of the two is the engine's capacity, which makes engine_fraction the conservative figure.
+        top = ours[-1]
+        batch_size = max(1, round(top["batch"]["mean_size"] or 1))
+        engine_runs = [engine_throughput(bundle, texts, batch_size, min(args.seconds, 5.0), threads)]
+
+        port = free_port()
+        print(f"naive: FastAPI + PyTorch eager on 127.0.0.1:{port}", flush=True)
+        with server([sys.executable, __file__, "--naive-server", "--checkpoint", str(checkpoint),
+                     "--tokenizer", str(tokenizer_dir), "--port", str(port)], {},
+                    f"http://127.0.0.1:{port}/docs"):
+            naive = run_load(port, bodies, levels, args.seconds)
+
+        top_naive = naive[-1]
+        engine_runs.append(engine_throughput(bundle, texts, batch_size, min(args.seconds, 5.0), threads))
+        engine_sps = max(engine_runs)
+        print(f"bare engine: {' and '.join(f'{r:.1f}' for r in engine_runs)} sequences/s at batch size "
+              f"{batch_size}", flush=True)
+
+    c = top["concurrency"]
+    print(f"\n{'':>6} {'ours rps':>9} {'p50 ms':>8} {'p99 ms':>8} | {'naive rps':>9} {'p50 ms':>8} {'p99 ms':>8} | ratio")
+    for a, b in zip(ours, naive, strict=True):
+        print(f"c={a['concurrency']:<4} {a['rps']:>9} {a['p50_ms']:>8} {a['p99_ms']:>8} | {b['rps']:>9} "
+              f"{b['p50_ms']:>8} {b['p99_ms']:>8} | {a['rps'] / b['rps']:.2f}x")
+    summary = {
+        "bench": "serve",
+        f"ratio_c{c}": round(top["rps"] / top_naive["rps"], 2),
+        "p99_ms": top["p99_ms"],
+        "p99_naive_ms": top_naive["p99_ms"],
+        "engine_fraction": round(top["rps"] / engine_sps, 3),
+        "rps": top["rps"],
+        "rps_naive": top_naive["rps"],
+        "engine_sequences_per_s": round(engine_sps, 1),
+        "mean_batch_size": top["batch"]["mean_size"],
+        "engine_batch_size": batch_size,
+        "ort_threads": threads,
+        "uvicorn": "h11+asyncio" if args.plain_uvicorn else uvicorn_flavour(),
+        "errors": sum(r["errors"] for r in ours + naive),
+        "seconds_per_level": args.seconds,
+        "cpus": os.cpu_count(),
+        "ours": ours,
+        "naive": naive,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
