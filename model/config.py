@@ -30,7 +30,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     # "sdpa": torch's fused scaled_dot_product_attention (training, fast);
-    # "eager": explicit matmul + softmax (ONNX export that fuses into one Attention op, attention maps).
+    # "eager": explicit matmul + softmax, which can return the attention maps; the ONNX export traces it.
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:

@@ -1,0 +1,198 @@
+"""Benchmark: the ONNX engine (fp32, INT8 + optimized) against PyTorch eager on the same weights.
+
+    .venv/bin/python bench/engine.py                      # random 3-layer/256/4-head/vocab-8000 model
+    .venv/bin/python bench/engine.py --checkpoint runs/en/pretrain/model.pt --classifier runs/en/best.pt \
+        --tokenizer runs/en/tokenizer --eval-text heldout.txt --eval-dev sst2/dev.tsv
+
+Sequences per second at batch 1 and 32 (length 64) for the classifier path (what /classify runs) and the
+fill-mask path (one [MASK] per sequence, MLM logits only there), each backend timed in interleaved
+rounds, medians reported, every backend on the same number of threads. Also measures the MLM fast path
+(decoder at the masked positions only) against full (B, T, V) logits. The last line is one JSON object;
+`ratio_b1` / `ratio_b32` are INT8-optimized engine / PyTorch eager on the classifier path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.engine import Engine  # noqa: E402
+from model.bert import BertForPreTraining, BertForSequenceClassification  # noqa: E402
+from model.checkpoint import load_model, save_model  # noqa: E402
+from model.config import BertConfig  # noqa: E402
+from model.tokenizer import BatchEncoding, Tokenizer  # noqa: E402
+from training.export import export_bundle  # noqa: E402
+
+SEQ_LEN = 64
+BATCHES = (1, 32)
+MASK_POSITION = 10
+
+
+def synthetic_text(path: Path, lines: int, seed: int) -> Path:
+    """Sentences of made-up words: enough distinct strings for an 8000-piece tokenizer."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["an", "el", "is", "or", "ut"]
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(30000)]
+    path.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(6, 20))) + "." for _ in range(lines)) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def prepare_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Path]:
+    """(pretraining ckpt, classifier ckpt, tokenizer dir, held-out text): given ones or random/synthetic."""
+    held_out = Path(args.eval_text) if args.eval_text else synthetic_text(work / "heldout.txt", 500, seed=1)
+    if args.tokenizer:
+        tokenizer_dir = Path(args.tokenizer)
+    else:
+        from training.tokenizer_train import train_tokenizer
+
+        tokenizer_dir = work / "tokenizer"
+        train_tokenizer([synthetic_text(work / "corpus.txt", 40000, seed=0)], tokenizer_dir, vocab_size=args.vocab_size)
+    if args.checkpoint and args.classifier:
+        return Path(args.checkpoint), Path(args.classifier), tokenizer_dir, held_out
+    vocab_size = Tokenizer(tokenizer_dir).vocab_size
+    torch.manual_seed(0)
+    if args.checkpoint:
+        pretraining, _ = load_model(args.checkpoint)
+        pre_path = Path(args.checkpoint)
+    else:
+        pretraining = BertForPreTraining(BertConfig(vocab_size=vocab_size)).eval()  # 3 layers, 256, 4 heads
+        pre_path = work / "pretrained.pt"
+        save_model(pre_path, pretraining, {})
+    classifier = BertForSequenceClassification(pretraining.config, num_labels=2)
+    classifier.bert.load_state_dict(pretraining.bert.state_dict())  # as fine-tuning starts
+    cls_path = work / "classifier.pt"
+    save_model(cls_path, classifier.eval(), {"label_names": ["negative", "positive"]})
+    return pre_path, cls_path, tokenizer_dir, held_out
+
+
+def make_inputs(batch_size: int, vocab_size: int, seed: int) -> tuple[BatchEncoding, np.ndarray]:
+    """A full-length (no padding) batch with one [MASK] per sequence, as onnxruntime and torch inputs."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(7, vocab_size, size=(batch_size, SEQ_LEN)).astype(np.int64)
+    ids[:, 0], ids[:, -1], ids[:, MASK_POSITION] = 4, 5, 6  # [CLS] ... [MASK] ... [SEP]
+    batch = BatchEncoding(ids, np.zeros_like(ids), np.ones_like(ids))
+    return batch, np.full((batch_size, 1), MASK_POSITION, dtype=np.int64)
+
+
+def measure(fns: dict[Any, Callable[[], object]], batch_size: int, rounds: int, min_seconds: float) -> dict[Any, float]:
+    """Median sequences/s per function over interleaved rounds (each round: every fn for >= min_seconds).
+
+    Interleaving spreads slow periods of a shared machine over all backends instead of one of them.
+    """
+    for fn in fns.values():  # warm-up: first-run allocations, onnxruntime kernel selection
+        fn(), fn()
+    samples: dict[Any, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            calls, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < min_seconds or calls < 3:
+                fn()
+                calls += 1
+            samples[name].append(calls * batch_size / elapsed)
+    return {name: round(statistics.median(values), 1) for name, values in samples.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", help="pretraining checkpoint (default: random weights)")
+    parser.add_argument("--classifier", help="classifier checkpoint (default: the pretraining encoder + a random head)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: trained on synthetic text)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary of the synthetic tokenizer")
+    parser.add_argument("--eval-text", help="held-out sentences for the INT8 fill-mask agreement check")
+    parser.add_argument("--eval-dev", help="labelled dev set for the INT8 accuracy check")
+    parser.add_argument("--eval-task", choices=["nsmc", "sst2", "csv"], help="format of --eval-dev")
+    parser.add_argument("--eval-limit", type=int, default=500, help="held-out sentences / dev rows to use")
+    parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime alike")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--seconds", type=float, default=0.4, help="minimum seconds per backend per round")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="pocketbert-bench-") as tmp:
+        work = Path(tmp)
+        pre_path, cls_path, tokenizer_dir, held_out = prepare_models(args, work)
+        print(f"[bench] exporting bundles from {pre_path.name}, {cls_path.name}", file=sys.stderr)
+        common = dict(max_length=128, threads=args.threads)
+        export_bundle(pre_path, cls_path, tokenizer_dir, work / "fp32", **common)
+        int8_info = export_bundle(pre_path, cls_path, tokenizer_dir, work / "int8", quantize="int8", optimize=True,
+                                  eval_text=held_out, eval_dev=args.eval_dev,
+                                  eval_task=args.eval_task, eval_limit=args.eval_limit, **common)
+        engines = {name: Engine.load(work / name, intra_op_threads=args.threads) for name in ("fp32", "int8")}
+        pretraining, _ = load_model(pre_path)
+        classifier, _ = load_model(cls_path)
+        vocab_size = pretraining.config.vocab_size
+        e32, e8 = engines["fp32"], engines["int8"]
+
+        report: dict = {"bench": "engine", "threads": args.threads, "seq_len": SEQ_LEN,
+                        "model": {k: pretraining.config.to_dict()[k] for k in
+                                  ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")},
+                        "torch_attention": pretraining.config.attn_implementation}
+        for batch_size in BATCHES:
+            batch, positions = make_inputs(batch_size, vocab_size, seed=batch_size)
+            tensors = {k: torch.from_numpy(v) for k, v in batch.as_dict().items()}
+            torch_positions = torch.from_numpy(positions)
+            all_positions = np.tile(np.arange(SEQ_LEN, dtype=np.int64), (batch_size, 1))
+
+            def torch_classify(t=tensors) -> object:  # noqa: ANN001
+                with torch.inference_mode():
+                    return classifier(**t).logits
+
+            def torch_fill_mask(t=tensors, p=torch_positions) -> object:  # noqa: ANN001
+                with torch.inference_mode():
+                    return pretraining(**t, masked_positions=p).mlm_logits
+
+            def torch_full_logits(t=tensors) -> object:  # noqa: ANN001
+                with torch.inference_mode():
+                    return pretraining(**t).mlm_logits
+
+            print(f"[bench] batch {batch_size}", file=sys.stderr)
+            fns = {
+                ("classify", "engine_fp32"): lambda b=batch: e32.run_classifier(b),
+                ("classify", "engine_int8_opt"): lambda b=batch: e8.run_classifier(b),
+                ("classify", "torch_eager"): torch_classify,
+                ("fill_mask", "engine_fp32"): lambda b=batch, p=positions: e32.run_pretraining(b, p),
+                ("fill_mask", "engine_int8_opt"): lambda b=batch, p=positions: e8.run_pretraining(b, p),
+                ("fill_mask", "torch_eager"): torch_fill_mask,
+                # the same graphs asked for all T positions: what a full (B, T, V) MLM output would cost
+                ("fill_mask_full_logits", "engine_fp32"): lambda b=batch, p=all_positions: e32.run_pretraining(b, p),
+                ("fill_mask_full_logits", "engine_int8_opt"): lambda b=batch, p=all_positions: e8.run_pretraining(b, p),
+                ("fill_mask_full_logits", "torch_eager"): torch_full_logits,
+            }
+            timings: dict[str, dict[str, float]] = {}
+            for (path, backend), value in measure(fns, batch_size, args.rounds, args.seconds).items():
+                timings.setdefault(path, {})[backend] = value
+            report[f"b{batch_size}"] = timings
+        for batch_size in BATCHES:
+            row = report[f"b{batch_size}"]
+            report[f"ratio_b{batch_size}"] = round(row["classify"]["engine_int8_opt"] / row["classify"]["torch_eager"], 2)
+        for batch_size in BATCHES:
+            row = report[f"b{batch_size}"]
+            report[f"ratio_b{batch_size}_fill_mask"] = round(
+                row["fill_mask"]["engine_int8_opt"] / row["fill_mask"]["torch_eager"], 2)
+            for backend in ("engine_fp32", "engine_int8_opt"):  # masked positions only vs all T positions
+                report[f"mlm_fast_path_speedup_b{batch_size}_{backend}"] = round(
+                    row["fill_mask"][backend] / row["fill_mask_full_logits"][backend], 2)
+        report["ratios_refer_to"] = "classify path (ratio_b*_fill_mask: fill-mask path)"
+        report["fusions"] = int8_info["export"]["fusions"]
+        report["int8_checks"] = int8_info["checks"]["int8"]
+        report["parity"] = int8_info["checks"]["parity"]
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""`pocketbert export`: bundle contents, torch/onnxruntime parity, fusions, INT8 checks, bundle verification."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from app.bundle import BundleError, load_manifest
+from app.engine import Engine
+from model.checkpoint import load_model
+from model.tokenizer import file_sha256
+from training.errors import CLIError
+from training.export import ParityError, export_bundle, random_batches
+
+BUNDLE_FILES = {"bundle.json", "tokenizer.model", "pretraining.onnx", "classifier.onnx", "attention.onnx"}
+
+
+@pytest.fixture(scope="module")
+def optimized_int8_bundle(tmp_path_factory, tiny_checkpoints, tiny_corpus):  # noqa: ANN001, ANN201
+    """An --optimize --quantize int8 bundle with both INT8 checks run on small eval files."""
+    tmp = tmp_path_factory.mktemp("int8")
+    lines = [line for line in tiny_corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    eval_text = tmp / "heldout.txt"
+    eval_text.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
+    eval_dev = tmp / "dev.tsv"
+    eval_dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(lines[:30])), encoding="utf-8")
+    out = tmp / "int8"
+    info = export_bundle(tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, out,
+                         quantize="int8", optimize=True, max_length=64, eval_text=eval_text, eval_dev=eval_dev,
+                         eval_task="sst2", threads=1)
+    return out, info
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / bundle.name
+    shutil.copytree(bundle, target)
+    return target
+
+
+def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+    assert {p.name for p in tiny_bundle.iterdir()} == BUNDLE_FILES
+    info = json.loads((tiny_bundle / "bundle.json").read_text(encoding="utf-8"))
+    assert info["format_version"] == 1
+    assert info["name"] == "tiny"
+    assert info["max_length"] == 64
+    assert info["label_names"] == ["negative", "positive"]
+    assert info["special_tokens"]["[MASK]"] == 6 and info["special_tokens"]["[PAD]"] == 0
+    assert info["config"]["hidden_size"] == 32 and info["config"]["num_hidden_layers"] == 1
+    assert info["metrics"]["pretraining"] == {"mlm_accuracy": 0.1, "nsp_accuracy": 0.5}
+    assert info["metrics"]["finetuning"] == {"accuracy_mean": 50.0}
+    assert {"torch", "onnx", "onnxruntime"} <= set(info["versions"])
+    assert set(info["files"]) == BUNDLE_FILES - {"bundle.json"}
+    for name, digest in info["files"].items():
+        assert file_sha256(tiny_bundle / name) == digest
+    assert {k: v for k, v in info["export"].items() if k != "graphs"} == {
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "opset": 17,
+        "optimized": False, "fusions": None, "quantization": None}
+    assert info["export"]["graphs"]["pretraining.onnx"]["outputs"] == ["mlm_logits", "nsp_logits"]
+    assert all(v <= 1e-4 for v in info["checks"]["parity"]["fp32"].values())
+    assert info["checks"]["int8"] == {"run": False, "reason": "not quantized"}
+
+
+def test_graph_inputs_have_dynamic_batch_and_sequence(tiny_bundle: Path) -> None:
+    graph = onnx.load(str(tiny_bundle / "pretraining.onnx")).graph
+    inputs = {i.name: i.type.tensor_type for i in graph.input}
+    assert set(inputs) == {"input_ids", "token_type_ids", "attention_mask", "masked_positions"}
+    for tensor_type in inputs.values():
+        assert tensor_type.elem_type == onnx.TensorProto.INT64
+        assert all(d.dim_param for d in tensor_type.shape.dim)  # symbolic, not fixed, sizes
+    assert [o.name for o in graph.output] == ["mlm_logits", "nsp_logits"]
+
+
+def test_onnxruntime_matches_torch_on_padded_two_segment_batches(tiny_bundle: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+    pretraining, _ = load_model(tiny_checkpoints.pretrained)
+    classifier, _ = load_model(tiny_checkpoints.classifier)
+    engine = Engine.load(tiny_bundle, intra_op_threads=1)
+    batches = random_batches(pretraining.config.vocab_size, 64, seed=123)
+    assert (batches[0]["attention_mask"] == 0).any() and (batches[0]["token_type_ids"] == 1).any()
+    for feeds in batches:
+        inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        encoder = {k: inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+        with torch.inference_mode():
+            expected = pretraining(**encoder, masked_positions=inputs["masked_positions"])
+            expected_cls = classifier(**encoder).logits
+        mlm, nsp = engine.pretraining.run(None, feeds)
+        (logits,) = engine.classifier.run(None, {k: feeds[k] for k in encoder})
+        assert np.abs(mlm - expected.mlm_logits.numpy()).max() <= 1e-4
+        assert np.abs(nsp - expected.nsp_logits.numpy()).max() <= 1e-4
+        assert np.abs(logits - expected_cls.numpy()).max() <= 1e-4
+
+
+def test_export_refuses_a_bundle_that_fails_parity(tmp_path: Path, tiny_checkpoints, monkeypatch) -> None:  # noqa: ANN001
+    from training import onnx_utils
+
+    original = onnx_utils.export_graph
+
+    def export_perturbed(module, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        weight = list(module.parameters())[-1]  # a head bias (a shift of the embeddings would be normalised away)
+        with torch.no_grad():
+            weight.add_(0.05)  # the graph now computes something torch (after restoring) does not
+            try:
+                original(module, *args, **kwargs)
+            finally:
+                weight.sub_(0.05)
+
+    monkeypatch.setattr(onnx_utils, "export_graph", export_perturbed)
+    out = tmp_path / "bad"
+    with pytest.raises(ParityError, match=r"differs from torch by .* bundle not written"):
+        export_bundle(tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, out)
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor its staging folder is left behind
+
+
+def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:  # noqa: ANN001
+    out, info = optimized_int8_bundle
+    layers = info["config"]["num_hidden_layers"]
+    for name in ("pretraining", "classifier"):
+        fusions = info["export"]["fusions"][name]
+        assert fusions["Attention"] == layers
+        assert fusions["EmbedLayerNormalization"] == 1
+        assert fusions["SkipLayerNormalization"] == 2 * layers
+        assert fusions["BiasGelu"] >= layers
+        assert info["checks"]["parity"]["optimized_fp32"][name] <= 1e-4
+        ops = {node.op_type for node in onnx.load(str(out / f"{name}.onnx")).graph.node}
+        # quantize_dynamic turns the fused ops into their INT8 forms and MatMuls into MatMulInteger
+        assert {"QAttention", "QEmbedLayerNormalization", "SkipLayerNormalization", "MatMulInteger"} <= ops
+        assert "Attention" not in ops and "MatMul" not in ops
+    assert info["export"]["quantization"] == "int8"
+
+
+def test_int8_checks_are_run_and_recorded(optimized_int8_bundle) -> None:  # noqa: ANN001
+    out, info = optimized_int8_bundle
+    fill_mask = info["checks"]["int8"]["fill_mask"]
+    assert fill_mask["run"] and fill_mask["sentences"] == 40
+    assert 0.0 <= fill_mask["top1_agreement"] <= 1.0
+    assert fill_mask["passed"] == (fill_mask["top1_agreement"] >= 0.95)
+    classifier = info["checks"]["int8"]["classifier"]
+    assert classifier["run"] and classifier["examples"] == 30 and classifier["task"] == "sst2"
+    assert classifier["drop_points"] == pytest.approx(classifier["fp32_accuracy"] - classifier["int8_accuracy"])
+    assert classifier["passed"] == (classifier["drop_points"] <= 0.5)
+    assert load_manifest(out) == info  # what export returned is what it wrote
+
+
+def test_int8_engine_stays_close_to_fp32(optimized_int8_bundle, tiny_bundle: Path) -> None:  # noqa: ANN001
+    fp32, int8 = Engine.load(tiny_bundle, 1), Engine.load(optimized_int8_bundle[0], 1)
+    texts = ["the cat sees the park.", "my friend likes a small house and the old tree."]
+    a, b = fp32.classify(texts), int8.classify(texts)
+    for x, y in zip(a, b, strict=True):
+        assert {d["label"]: d["score"] for d in x} == pytest.approx({d["label"]: d["score"] for d in y}, abs=0.02)
+
+
+def test_existing_folder_needs_overwrite(tmp_path: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+    args = (tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    export_bundle(*args, out)  # an empty folder is simply filled
+    (out / "stale.txt").write_text("x")
+    with pytest.raises(CLIError, match="already exists"):
+        export_bundle(*args, out)
+    export_bundle(*args, out, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"bundle"}
+
+
+def test_wrong_checkpoint_kind_is_a_clear_error(tmp_path: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+    with pytest.raises(CLIError, match="expected a pretraining checkpoint"):
+        export_bundle(tiny_checkpoints.classifier, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir,
+                      tmp_path / "b")
+    with pytest.raises(CLIError, match="no such checkpoint"):
+        export_bundle(tmp_path / "nope.pt", tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, tmp_path / "b")
+
+
+def test_cli_export(tmp_path: Path, tiny_checkpoints, capsys) -> None:  # noqa: ANN001
+    from training.cli import main
+
+    out = tmp_path / "cli-bundle"
+    argv = ["export", "--pretrained", str(tiny_checkpoints.pretrained), "--classifier", str(tiny_checkpoints.classifier),
+            "--tokenizer", str(tiny_checkpoints.tokenizer_dir), "--out", str(out), "--threads", "1"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["bundle"] == str(out)
+    assert load_manifest(out)["max_length"] == 64  # taken from the classifier checkpoint's metadata
+    assert main([*argv[:-4], "--out", str(tmp_path / "x"), "--eval-dev", str(tmp_path / "missing.tsv"),
+                 "--quantize", "int8"]) == 2
+    assert "--eval-dev" in (err := capsys.readouterr().err) and "missing.tsv: no such file" in err
+
+
+# --- loading a bundle says exactly what is wrong --------------------------------------------------
+def test_missing_file_is_named(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(tiny_bundle, tmp_path)
+    (bundle / "classifier.onnx").unlink()
+    with pytest.raises(BundleError, match=r"missing file\(s\) classifier.onnx"):
+        Engine.load(bundle)
+
+
+def test_changed_file_is_named(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(tiny_bundle, tmp_path)
+    with open(bundle / "pretraining.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="pretraining.onnx changed since export"):
+        Engine.load(bundle)
+
+
+def test_newer_format_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(tiny_bundle, tmp_path)
+    info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    info["format_version"] = 99
+    (bundle / "bundle.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(BundleError, match="format version 99 is newer than this pocketbert supports"):
+        Engine.load(bundle)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="missing file bundle.json"):
+        Engine.load(tmp_path)
+    with pytest.raises(BundleError, match="no such folder"):
+        Engine.load(tmp_path / "absent")

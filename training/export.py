@@ -1,0 +1,441 @@
+"""`pocketbert export`: a pretraining and a classifier checkpoint -> an ONNX bundle the web service loads.
+
+Steps, all in a scratch folder; the bundle folder appears (by rename) only when every check passed:
+1. export pretraining.onnx (MLM logits at masked_positions + NSP), classifier.onnx and attention.onnx
+   from eager-attention copies of the models (training/onnx_utils.py explains the exporter choice);
+2. parity: onnxruntime vs torch on random padded two-segment batches, max abs <= 1e-4, else refuse;
+3. --optimize: onnxruntime's BERT fusions (counts recorded), parity again on the fused fp32 graphs;
+4. --quantize int8: dynamic INT8, then fill-mask top-1 agreement and classifier accuracy against fp32
+   on --eval-text / --eval-dev when given (recorded either way);
+5. bundle.json with config, special ids, labels, metrics, checks, versions and every file's sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.errors import CLIError
+
+PARITY_TOLERANCE = 1e-4
+INT8_MIN_AGREEMENT = 0.95  # fill-mask top-1 agreement with fp32
+INT8_MAX_ACCURACY_DROP = 0.5  # classifier accuracy, in points, against fp32
+
+
+class ParityError(CLIError):
+    """onnxruntime disagrees with torch: the bundle is not written."""
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+def _load_checkpoint(path: str | Path, kind: str):  # noqa: ANN202 - (model, metadata)
+    from model.bert import BertForPreTraining
+    from model.checkpoint import load_model
+
+    try:
+        model, metadata = load_model(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    if (kind == "pretraining") != isinstance(model, BertForPreTraining):
+        raise CLIError(f"{path}: expected a {kind} checkpoint, got a {'pretraining' if kind != 'pretraining' else 'classification'} one")
+    return model, metadata
+
+
+def _check_tokenizer(tokenizer, metadata: dict[str, Any], vocab_size: int, what: str) -> None:  # noqa: ANN001
+    if tokenizer.vocab_size != vocab_size:
+        raise CLIError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces, the {what} model {vocab_size}")
+    recorded = metadata.get("tokenizer_sha256")
+    if recorded and recorded != tokenizer.checksum:
+        raise CLIError(f"tokenizer {tokenizer.path} is not the one the {what} model was trained with (sha256 differs)")
+
+
+def read_eval_text(path: str | Path, limit: int) -> list[str]:
+    """Held-out sentences, one per line (blank lines skipped)."""
+    from training.textio import iter_lines
+
+    lines = [line.strip() for line in iter_lines([path]) if line.strip()][:limit]
+    if not lines:
+        raise CLIError(f"{path}: no sentences")
+    return lines
+
+
+def read_eval_dev(path: str | Path, task: str, label_names: list[str], limit: int) -> tuple[list[str], list[int]]:
+    """A labelled dev set in one of fine-tuning's formats (training/tasks.py: nsmc, sst2, csv)."""
+    from training.tasks import read_task
+
+    data = read_task(task, path, label_names=label_names if task == "csv" else None)
+    if data.label_names != label_names:
+        raise CLIError(f"{path}: labels {data.label_names} do not match the classifier's {label_names}")
+    return data.texts[:limit], data.labels[:limit]
+
+
+# --- checks -----------------------------------------------------------------------------------------
+def random_batches(vocab_size: int, max_length: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Padded batches with two segments and several masked positions, in two different shapes."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for batch_size, length in ((4, min(max_length, 19)), (1, min(max_length, 7))):
+        lengths = rng.integers(3, length + 1, size=batch_size)
+        lengths[0] = length  # the longest member sets T
+        ids = rng.integers(7, vocab_size, size=(batch_size, length))
+        token_type_ids = np.zeros_like(ids)
+        attention_mask = np.zeros_like(ids)
+        positions = np.zeros((batch_size, 3), dtype=np.int64)
+        for row, n in enumerate(lengths):
+            ids[row, n:] = 0
+            attention_mask[row, :n] = 1
+            token_type_ids[row, n // 2 : n] = 1
+            positions[row] = rng.integers(1, n, size=3)
+        batches.append({
+            "input_ids": ids.astype(np.int64), "token_type_ids": token_type_ids.astype(np.int64),
+            "attention_mask": attention_mask.astype(np.int64), "masked_positions": positions,
+        })
+    return batches
+
+
+def _torch_outputs(graph, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:  # noqa: ANN001
+    import torch
+
+    with torch.inference_mode():
+        out = graph(*(torch.from_numpy(feeds[n]) for n in names))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def check_parity(specs: dict, paths: dict[str, Path], batches: list[dict[str, np.ndarray]],
+                 threads: int | None) -> dict[str, float]:
+    """Max abs difference per graph between torch and onnxruntime; raises ParityError above tolerance.
+
+    specs: name -> onnx_utils.GraphSpec (the torch side), paths: name -> the ONNX file. Padded entries
+    are compared too: every output of these graphs is defined at every position.
+    """
+    from app.engine import make_session
+
+    report = {}
+    for name, spec in specs.items():
+        session = make_session(paths[name], threads)
+        worst = 0.0
+        for feeds in batches:
+            inputs = {n: feeds[n] for n in spec.inputs}
+            expected = _torch_outputs(spec.module, inputs, spec.inputs)
+            found = session.run(spec.outputs, inputs)
+            worst = max([worst] + [float(np.abs(e - f).max()) for e, f in zip(expected, found, strict=True)])
+        report[name] = worst
+        if not worst <= PARITY_TOLERANCE:
+            raise ParityError(
+                f"{paths[name].name}: onnxruntime differs from torch by {worst:.3g} (max abs) > {PARITY_TOLERANCE}; "
+                "bundle not written"
+            )
+    return report
+
+
+def fill_mask_agreement(reference, candidate, sentences: list[str], seed: int = 0) -> dict:  # noqa: ANN001
+    """Mask one random ordinary token per sentence; top-1 agreement of candidate with reference engine.
+
+    Also records how often each recovers the original token (meaningful for a trained model only).
+    """
+    from model.tokenizer import MASK_ID, NUM_SPECIAL
+
+    rng = np.random.default_rng(seed)
+    agree = total = ref_correct = cand_correct = 0
+    for start in range(0, len(sentences), 32):
+        batch = reference.encode(sentences[start : start + 32])
+        positions = np.zeros((len(batch.input_ids), 1), dtype=np.int64)
+        originals = np.full(len(batch.input_ids), -1)
+        for row, ids in enumerate(batch.input_ids):
+            ordinary = np.flatnonzero(ids >= NUM_SPECIAL)
+            if len(ordinary):  # a sentence of special tokens only is left out of the counts
+                positions[row, 0] = rng.choice(ordinary)
+                originals[row] = ids[positions[row, 0]]
+                ids[positions[row, 0]] = MASK_ID
+        valid = originals >= 0
+        ref_top = reference.run_pretraining(batch, positions)[0][:, 0].argmax(-1)[valid]
+        cand_top = candidate.run_pretraining(batch, positions)[0][:, 0].argmax(-1)[valid]
+        agree += int((ref_top == cand_top).sum())
+        ref_correct += int((ref_top == originals[valid]).sum())
+        cand_correct += int((cand_top == originals[valid]).sum())
+        total += int(valid.sum())
+    if not total:
+        raise CLIError("--eval-text: no sentence has an ordinary token to mask")
+    return {
+        "sentences": total, "top1_agreement": agree / total,
+        "fp32_top1_accuracy": ref_correct / total, "int8_top1_accuracy": cand_correct / total,
+        "passed": agree / total >= INT8_MIN_AGREEMENT, "threshold": INT8_MIN_AGREEMENT,
+    }
+
+
+def classifier_accuracy(engine, texts: list[str], labels: list[int]) -> float:  # noqa: ANN001
+    correct = 0
+    for start in range(0, len(texts), 32):
+        logits = engine.run_classifier(engine.encode(texts[start : start + 32]))
+        correct += int((logits.argmax(-1) == np.array(labels[start : start + 32])).sum())
+    return 100.0 * correct / len(texts)
+
+
+# --- the export -------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        out["pocketbert"] = version("pocketbert")
+    except PackageNotFoundError:
+        out["pocketbert"] = "unknown"
+    return out
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[export] {message}", file=sys.stderr, flush=True)
+
+
+def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished staging folder to out_dir (an existing empty folder is replaced)."""
+    if out_dir.exists():
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        elif overwrite:
+            trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, trash)
+            os.replace(staging, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+            return
+        else:
+            raise CLIError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
+    os.replace(staging, out_dir)
+
+
+def export_bundle(
+    pretrained: str | Path,
+    classifier: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    quantize: str | None = None,
+    optimize: bool = False,
+    max_length: int | None = 128,
+    eval_text: str | Path | None = None,
+    eval_dev: str | Path | None = None,
+    eval_task: str | None = None,
+    eval_limit: int = 2000,
+    overwrite: bool = False,
+    threads: int | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Write the bundle folder out_dir atomically and return its bundle.json content.
+
+    max_length=None takes the classifier checkpoint's max_length (else 128). eval_task is the format of
+    eval_dev (nsmc, sst2, csv): by default the classifier checkpoint's task, else csv. Raises CLIError
+    (ParityError when onnxruntime disagrees with torch) and leaves out_dir untouched on any failure.
+    """
+    from app.bundle import MANIFEST
+    from app.engine import Engine
+    from model.tokenizer import Tokenizer
+
+    if quantize not in (None, "int8"):
+        raise CLIError(f"--quantize: only 'int8' is supported, got {quantize!r}")
+    for flag, path in (("--eval-text", eval_text), ("--eval-dev", eval_dev)):
+        if path is not None and not Path(path).is_file():  # fail before minutes of export, not after
+            raise CLIError(f"{flag} {path}: no such file")
+    out_dir = Path(out_dir)
+    pre_model, pre_meta = _load_checkpoint(pretrained, "pretraining")
+    cls_model, cls_meta = _load_checkpoint(classifier, "classification")
+    tokenizer = Tokenizer(tokenizer_dir)
+    _check_tokenizer(tokenizer, pre_meta, pre_model.config.vocab_size, "pretraining")
+    _check_tokenizer(tokenizer, cls_meta, cls_model.config.vocab_size, "classifier")
+    label_names = list(cls_meta.get("label_names") or [f"LABEL_{i}" for i in range(cls_model.num_labels)])
+    if len(label_names) != cls_model.num_labels:
+        raise CLIError(f"{classifier}: {len(label_names)} label names for {cls_model.num_labels} classes")
+    max_length = int(max_length or cls_meta.get("max_length") or 128)
+    limit = min(pre_model.config.max_position_embeddings, cls_model.config.max_position_embeddings)
+    if not 3 <= max_length <= limit:
+        raise CLIError(f"max length {max_length} must be between 3 and the models' {limit} positions")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="pocketbert-export-") as scratch_dir:
+            scratch = Path(scratch_dir)
+            shutil.copyfile(tokenizer.path, scratch / "tokenizer.model")
+            fp32, final, export_report, parity = _build_graphs(
+                pre_model, cls_model, scratch, max_length, optimize, quantize, threads, quiet)
+            int8 = _int8_checks(
+                scratch, {"max_length": max_length, "label_names": label_names}, fp32, final, quantize,
+                eval_text, eval_dev, eval_task or _default_task(cls_meta), eval_limit, label_names, threads)
+            for name, src in (("tokenizer.model", tokenizer.path), ("pretraining.onnx", final["pretraining"]),
+                              ("classifier.onnx", final["classifier"]), ("attention.onnx", fp32["attention"])):
+                shutil.copyfile(src, staging / name)
+        info = _manifest(
+            staging, out_dir.name, pre_model, cls_model, pre_meta, cls_meta, tokenizer, max_length, label_names,
+            export_report, {"parity": parity, "int8": int8}, {"pretrained": str(pretrained), "classifier": str(classifier)})
+        (staging / MANIFEST).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        Engine.load(staging)  # the bundle must load as the service will load it
+        _publish(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _log(f"wrote {out_dir}", quiet)
+    return info
+
+
+def _build_graphs(
+    pre_model, cls_model, scratch: Path, max_length: int, optimize: bool, quantize: str | None,  # noqa: ANN001
+    threads: int | None, quiet: bool,
+) -> tuple[dict[str, Path], dict[str, Path], dict[str, Any], dict[str, Any]]:
+    """Export, check parity, optionally fuse (and check again) and quantize.
+
+    Returns (fp32 graph paths, final graph paths, the manifest's "export" entry, the parity report).
+    """
+    import torch
+
+    from training import onnx_utils
+
+    specs = onnx_utils.bundle_graphs(pre_model, cls_model)
+    batches = random_batches(pre_model.config.vocab_size, max_length)
+    fp32: dict[str, Path] = {}
+    for name, spec in specs.items():
+        _log(f"exporting {name}.onnx", quiet)
+        fp32[name] = scratch / f"{name}.fp32.onnx"
+        example = tuple(torch.from_numpy(batches[0][n]) for n in spec.inputs)
+        onnx_utils.export_graph(spec.module, example, spec.inputs, spec.outputs, fp32[name], spec.dynamic_outputs)
+    parity: dict[str, Any] = {"tolerance": PARITY_TOLERANCE, "fp32": check_parity(specs, fp32, batches, threads)}
+    _log(f"parity fp32 (max abs): {parity['fp32']}", quiet)
+
+    final = dict(fp32)  # attention.onnx stays fp32 and unfused: fused Attention cannot output probabilities
+    fast = {"pretraining": pre_model, "classifier": cls_model}
+    fusions: dict[str, dict[str, int]] = {}
+    if optimize:
+        for name, model in fast.items():
+            final[name] = scratch / f"{name}.opt.onnx"
+            fusions[name] = onnx_utils.optimize(
+                fp32[name], final[name], model.config.num_attention_heads, model.config.hidden_size)
+        _log(f"fusions: {fusions}", quiet)
+        parity["optimized_fp32"] = check_parity({n: specs[n] for n in fast}, final, batches, threads)
+    if quantize == "int8":
+        for name in fast:
+            quantized = scratch / f"{name}.int8.onnx"
+            onnx_utils.quantize_int8(final[name], quantized)
+            final[name] = quantized
+    export_report = {
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "opset": onnx_utils.OPSET,
+        "optimized": optimize, "fusions": fusions or None, "quantization": quantize,
+        "graphs": {f"{name}.onnx": {"inputs": spec.inputs, "outputs": spec.outputs} for name, spec in specs.items()},
+    }
+    return fp32, final, export_report, parity
+
+
+def _manifest(
+    staging: Path, name: str, pre_model, cls_model, pre_meta: dict, cls_meta: dict, tokenizer,  # noqa: ANN001
+    max_length: int, label_names: list[str], export_report: dict, checks: dict, sources: dict,
+) -> dict[str, Any]:
+    """The content of bundle.json (see app/bundle.py for what loading requires of it)."""
+    from app.bundle import FORMAT_VERSION, REQUIRED_FILES, checksums
+    from model.tokenizer import SPECIAL_TOKENS
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": pre_model.config.to_dict(),
+        "classifier_config": cls_model.config.to_dict(),
+        "max_length": max_length,
+        "vocab_size": tokenizer.vocab_size,
+        "special_tokens": {token: i for i, token in enumerate(SPECIAL_TOKENS)},
+        "label_names": label_names,
+        "task": cls_meta.get("task"),
+        "metrics": {
+            # `pretrain` writes its last validation under "valid"; "metrics" is accepted too
+            "pretraining": pre_meta.get("metrics") or pre_meta.get("valid"),
+            "pretraining_step": pre_meta.get("step"),
+            "finetuning": cls_meta.get("results"),
+        },
+        "export": export_report,
+        "checks": checks,
+        "sources": {**sources, "tokenizer_sha256": tokenizer.checksum},
+        "versions": _versions(),
+        "files": checksums(staging, list(REQUIRED_FILES)),
+    }
+
+
+def _default_task(metadata: dict[str, Any]) -> str:
+    from training.tasks import TASKS
+
+    return metadata.get("task") if metadata.get("task") in TASKS else "csv"
+
+
+def _int8_checks(
+    scratch: Path, info: dict[str, Any], fp32: dict[str, Path], final: dict[str, Path], quantize: str | None,
+    eval_text: str | Path | None, eval_dev: str | Path | None, eval_task: str, eval_limit: int,
+    label_names: list[str], threads: int | None,
+) -> dict[str, Any]:
+    """INT8 vs fp32 on held-out sentences and a dev set; records why a check did not run."""
+    from app.engine import Engine
+
+    if quantize != "int8":
+        return {"run": False, "reason": "not quantized"}
+    report: dict[str, Any] = {"run": True}
+    files = {"tokenizer": "tokenizer.model"}
+    reference = Engine(scratch, info, intra_op_threads=threads, files={
+        **files, "pretraining": fp32["pretraining"].name, "classifier": fp32["classifier"].name})
+    candidate = Engine(scratch, info, intra_op_threads=threads, files={
+        **files, "pretraining": final["pretraining"].name, "classifier": final["classifier"].name})
+    if eval_text is None:
+        report["fill_mask"] = {"run": False, "reason": "no --eval-text given"}
+    else:
+        sentences = read_eval_text(eval_text, eval_limit)
+        report["fill_mask"] = {"run": True, "file": str(eval_text),
+                               **fill_mask_agreement(reference, candidate, sentences)}
+    if eval_dev is None:
+        report["classifier"] = {"run": False, "reason": "no --eval-dev given"}
+    else:
+        texts, labels = read_eval_dev(eval_dev, eval_task, label_names, eval_limit)
+        fp32_acc = classifier_accuracy(reference, texts, labels)
+        int8_acc = classifier_accuracy(candidate, texts, labels)
+        report["classifier"] = {
+            "run": True, "file": str(eval_dev), "task": eval_task, "examples": len(texts), "fp32_accuracy": fp32_acc,
+            "int8_accuracy": int8_acc, "drop_points": fp32_acc - int8_acc,
+            "passed": fp32_acc - int8_acc <= INT8_MAX_ACCURACY_DROP, "threshold_points": INT8_MAX_ACCURACY_DROP,
+        }
+    return report
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pretrained", required=True, metavar="CKPT", help="pretraining model checkpoint (from `pretrain`)")
+    parser.add_argument("--classifier", required=True, metavar="CKPT", help="classifier model checkpoint (from `finetune`)")
+    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="folder (or file) of the tokenizer.model both were trained with")
+    parser.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write (written atomically)")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="dynamic INT8 quantization of the weights")
+    parser.add_argument("--optimize", action="store_true", help="apply onnxruntime's BERT fusions (Attention, LayerNorm, Gelu)")
+    parser.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="longest input in tokens (default: the classifier's fine-tuning max length, else 128)")
+    parser.add_argument("--eval-text", metavar="FILE", default=None,
+                        help="held-out sentences, one a line: INT8 vs fp32 fill-mask top-1 agreement")
+    parser.add_argument("--eval-dev", metavar="FILE", default=None,
+                        help="labelled dev set: INT8 vs fp32 classifier accuracy")
+    parser.add_argument("--eval-task", choices=["nsmc", "sst2", "csv"], default=None,
+                        help="format of --eval-dev (default: the classifier checkpoint's task, else csv)")
+    parser.add_argument("--eval-limit", type=int, default=2000, metavar="N", help="use at most N eval sentences / dev rows")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="onnxruntime threads for the checks")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = export_bundle(
+        args.pretrained, args.classifier, args.tokenizer, args.out, quantize=args.quantize, optimize=args.optimize,
+        max_length=args.max_length, eval_text=args.eval_text, eval_dev=args.eval_dev, eval_task=args.eval_task,
+        eval_limit=args.eval_limit,
+        overwrite=args.overwrite, threads=args.threads, quiet=False,
+    )
+    print(json.dumps({"bundle": str(args.out), "export": info["export"], "checks": info["checks"]}, indent=2))
+    return 0

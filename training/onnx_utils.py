@@ -1,0 +1,150 @@
+"""Torch -> ONNX for the three graphs of a bundle, and the onnxruntime optimizer / INT8 quantizer steps.
+
+Which exporter: torch.onnx.export's TorchScript path (dynamo=False). Its graph of the eager attention
+(MatMul -> Div -> Add mask -> Softmax -> MatMul) is what onnxruntime's BERT optimizer recognises:
+every layer fuses into Attention, SkipLayerNormalization x2 and BiasGelu, the embeddings into
+EmbedLayerNormalization. Measured with torch 2.13 / onnxruntime 1.32 on a 2-layer model: the dynamo
+exporter (onnxscript 0.7) fuses EmbedLayerNormalization, SkipLayerNormalization and BiasGelu but no
+Attention, with eager attention and with scaled_dot_product_attention alike; the TorchScript exporter
+fuses Attention from both (it decomposes SDPA itself). The export still uses eager copies of the
+models: one explicit pattern for every graph, and the attention-map graph needs the probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.bert import BertForPreTraining, BertForSequenceClassification
+
+OPSET = 17  # LayerNormalization is a standard op from 17 on
+ENCODER_INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
+FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu")
+
+
+def with_eager_attention(model: nn.Module) -> nn.Module:
+    """A copy of the model (eval mode) whose attention is the explicit, fusable, map-returning form."""
+    config = copy.deepcopy(model.config)
+    config.attn_implementation = "eager"
+    if isinstance(model, BertForSequenceClassification):
+        eager: nn.Module = BertForSequenceClassification(config, model.num_labels)
+    else:
+        eager = BertForPreTraining(config)
+    eager.load_state_dict(model.state_dict())
+    return eager.eval()
+
+
+class PretrainingGraph(nn.Module):
+    """MLM logits only at masked_positions (B, P) and NSP logits: the fill-mask / NSP fast path."""
+
+    def __init__(self, model: BertForPreTraining) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()  # the exporter restores this mode afterwards: it must not be training (dropout)
+
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions):  # noqa: ANN001, ANN201
+        out = self.model(input_ids, token_type_ids, attention_mask, masked_positions=masked_positions)
+        return out.mlm_logits, out.nsp_logits
+
+
+class ClassifierGraph(nn.Module):
+    def __init__(self, model: BertForSequenceClassification) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()  # the exporter restores this mode afterwards: it must not be training (dropout)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):  # noqa: ANN001, ANN201
+        return self.model(input_ids, token_type_ids, attention_mask).logits
+
+
+class AttentionGraph(nn.Module):
+    """The encoder's attention probabilities stacked to (L, B, heads, T, T) for the web demo.
+
+    A separate graph, because the fused Attention op of the fast graphs cannot output them.
+    """
+
+    def __init__(self, model: BertForPreTraining) -> None:
+        super().__init__()
+        self.bert = model.bert
+        self.eval()
+
+    def forward(self, input_ids, token_type_ids, attention_mask):  # noqa: ANN001, ANN201
+        _, _, attentions = self.bert(input_ids, token_type_ids, attention_mask, output_attentions=True)
+        return torch.stack(attentions)
+
+
+@dataclass
+class GraphSpec:
+    """One graph of a bundle: the module to trace, its input and output names, dynamic output axes."""
+
+    module: nn.Module
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_outputs: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def bundle_graphs(pretraining: BertForPreTraining, classifier: BertForSequenceClassification) -> dict[str, GraphSpec]:
+    """The three graphs of a bundle, traced from eager-attention copies of the models."""
+    eager_pre = with_eager_attention(pretraining)
+    return {
+        "pretraining": GraphSpec(
+            PretrainingGraph(eager_pre), [*ENCODER_INPUTS, "masked_positions"], ["mlm_logits", "nsp_logits"],
+            {"mlm_logits": {0: "batch", 1: "positions"}, "nsp_logits": {0: "batch"}}),
+        "classifier": GraphSpec(
+            ClassifierGraph(with_eager_attention(classifier)), ENCODER_INPUTS, ["logits"], {"logits": {0: "batch"}}),
+        "attention": GraphSpec(
+            AttentionGraph(eager_pre), ENCODER_INPUTS, ["attentions"],
+            {"attentions": {1: "batch", 3: "sequence", 4: "sequence"}}),
+    }
+
+
+def export_graph(
+    module: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
+    path: Path, dynamic_outputs: dict[str, dict[int, str]],
+) -> None:
+    """torch.onnx.export (TorchScript exporter) with dynamic batch and sequence axes on every input."""
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    if "masked_positions" in input_names:
+        dynamic_axes["masked_positions"] = {0: "batch", 1: "positions"}
+    dynamic_axes.update(dynamic_outputs)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is checked afterwards
+        torch.onnx.export(
+            module, example, str(path), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+
+
+def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """onnxruntime's transformer optimizer for BERT; returns the counts of the fused operators."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # opt_level=0: only the Python fusions; onnxruntime applies its own graph optimizations at load time.
+    model = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    model.save_model_to_file(str(out))
+    stats = model.get_fused_operator_statistics()
+    return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
+
+
+def quantize_int8(path: Path, out: Path) -> None:
+    """Dynamic INT8 quantization: int8 weights, activations quantized per batch at run time."""
+    import logging
+
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" warning
+    try:
+        # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference: their
+        # outputs' type must be given. Everything here is float32.
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
