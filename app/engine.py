@@ -154,7 +154,9 @@ class Engine:
         return results
 
     def _predictions(self, ids: np.ndarray, position: int, probs: np.ndarray, top_k: int) -> list[dict]:
-        best = np.argsort(-probs, kind="stable")[:top_k]
+        # argpartition finds the top_k of the V scores in O(V); only those k are then sorted.
+        candidates = np.argpartition(-probs, top_k - 1)[:top_k] if top_k < probs.size else np.arange(probs.size)
+        best = candidates[np.lexsort((candidates, -probs[candidates]))]  # by score, ties by id
         out = []
         for token in best:
             filled = ids.copy()
