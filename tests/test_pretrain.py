@@ -1,0 +1,165 @@
+"""`pocketbert pretrain` on a tiny model and tiny prepared data: exact resume, signals, metrics, plot, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, tiny_corpus: Path) -> Path:
+    from training.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(tiny_tokenizer_dir, [tiny_corpus], out, max_length=48, dupe_factor=2, valid_fraction=0.1,
+            workers=1, seed=0, show_progress=False)
+    return out
+
+
+def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--data", str(data), "--out", str(out), *TINY_MODEL, "--batch-size", "8",
+            "--lr", "1e-3", "--warmup", "2", "--eval-batches", "2", "--threads", "1", "--device", "cpu", *extra]
+
+
+def losses(metrics: Path) -> list[dict]:
+    """Every row without its timing fields (those differ between any two runs)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+
+
+# --- optimiser and schedule --------------------------------------------------------------------------
+def test_weight_decay_skips_biases_and_layernorm(tiny_config) -> None:
+    from model.bert import BertForPreTraining
+    from training.optim import param_groups
+
+    model = BertForPreTraining(tiny_config)
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"bert.embeddings.LayerNorm.weight", "cls.predictions.bias"}
+    # the tied decoder / word-embedding matrix is stepped once
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    from training.optim import warmup_linear_decay
+
+    values = [warmup_linear_decay(s, 4, 20) for s in range(21)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert values[4] == 1.0 and values[12] == 0.5 and values[20] == 0.0
+    assert all(a >= b for a, b in zip(values[4:], values[5:], strict=False))
+
+
+def test_data_order_is_a_function_of_seed_and_epoch() -> None:
+    from training.pretrain import epoch_batches
+
+    a = epoch_batches(50, 8, seed=3, epoch=1)
+    assert [b.tolist() for b in a] == [b.tolist() for b in epoch_batches(50, 8, seed=3, epoch=1)]
+    assert [b.tolist() for b in a] != [b.tolist() for b in epoch_batches(50, 8, seed=3, epoch=2)]
+    ranks = [torch.cat(epoch_batches(50, 8, 3, 1, rank=r, world_size=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 24 and not set(ranks[0].tolist()) & set(ranks[1].tolist())
+
+
+# --- the command --------------------------------------------------------------------------------------
+def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
+    """8 steps in one go == 4 steps, stop, resume 4 steps: same losses at every logged step, same weights."""
+    common = ["--steps", "8", "--grad-accum", "2", "--eval-every", "4", "--save-every", "4", "--log-every", "2"]
+    assert main(pretrain_args(prepared, tmp_path / "whole", *common)) == 0
+    assert main(pretrain_args(prepared, tmp_path / "split", *common, "--stop-at", "4")) == 0
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and state["position"]["batch"] > 0
+    assert main(pretrain_args(prepared, tmp_path / "split", *common, "--resume")) == 0
+
+    assert losses(tmp_path / "whole" / "metrics.jsonl") == losses(tmp_path / "split" / "metrics.jsonl")
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
+    split = torch.load(tmp_path / "split" / "model.pt", weights_only=True)["model"]
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    final = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert final["step"] == 8
+    assert final["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
+
+
+def test_outputs_metrics_plot_and_export_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    from model.checkpoint import load_model
+
+    out = tmp_path / "run"
+    assert main(pretrain_args(prepared, out, "--steps", "40", "--eval-every", "20", "--log-every", "5")) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if r["split"] == "valid"]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in valid] == [0, 20, 40] and len(train) == 8
+    assert {"mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"} <= valid[-1].keys()
+    assert {"loss", "mlm_loss", "nsp_loss", "lr", "tokens_per_s"} <= train[-1].keys()
+    assert valid[-1]["mlm_loss"] < valid[0]["mlm_loss"]  # it learns something
+    assert (out / "metrics.png").stat().st_size > 1000
+
+    model, metadata = load_model(out / "model.pt")
+    assert model.config.hidden_size == 32 and metadata["step"] == 40
+    assert metadata["valid"] == {k: v for k, v in valid[-1].items() if k not in ("step", "split")}
+    index = json.loads((prepared / "index.json").read_text())
+    assert metadata["tokenizer_sha256"] == index["tokenizer_sha256"]
+
+    (out / "metrics.png").unlink()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "metrics.png").is_file()
+
+
+def test_bf16_autocast_runs(prepared: Path, tmp_path: Path) -> None:
+    assert main(pretrain_args(prepared, tmp_path / "bf16", "--steps", "2", "--precision", "bf16")) == 0
+
+
+def test_bad_input_is_one_line_error(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(pretrain_args(tmp_path / "nowhere", tmp_path / "out", "--steps", "1")) == 2
+    assert "index.json" in capsys.readouterr().err
+    assert main(pretrain_args(prepared, tmp_path / "out", "--steps", "1", "--heads", "3")) == 2
+    assert "multiple of num_attention_heads" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path)]) == 2  # no metrics.jsonl there
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n{oops\n')
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "metrics.jsonl:2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_checkpoint_and_exits_cleanly(prepared: Path, tmp_path: Path, sig: int, code: int) -> None:
+    from model.checkpoint import load_model
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training.cli", *pretrain_args(prepared, out, "--steps", "100000",
+                                                                 "--log-every", "1", "--save-every", "100000")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 90
+        while not (metrics.is_file() and '"train"' in metrics.read_text()):  # the loop is running
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "pretrain did not start"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert "stopped by signal" in stdout
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert 0 < state["step"] < 100000
+    _, metadata = load_model(out / "model.pt")
+    assert metadata["step"] == state["step"]
+    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary files

@@ -1,0 +1,100 @@
+"""Readers of classification data: NSMC, SST-2, CSV / TSV / JSONL; errors name the file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from training.errors import CLIError
+from training.tasks import read_nsmc, read_sst2, read_table, read_task
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_nsmc_skips_empty_and_missing_documents(tmp_path: Path) -> None:
+    path = write(tmp_path / "ratings.txt", "id\tdocument\tlabel\n1\t굳 ㅋ\t1\n2\t\t0\n3\t0\n"
+                 '4\t"""포스터 표정이 """"계획대로"""""""\t0\n5\t   \t1\n')
+    data = read_nsmc(path)
+    assert data.texts == ["굳 ㅋ", '"""포스터 표정이 """"계획대로"""""""']  # raw text, quotes kept
+    assert data.labels == [1, 0]
+    assert data.skipped == 3
+    assert data.label_names == ["negative", "positive"]
+
+
+def test_nsmc_reads_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("id\tdocument\tlabel\n1\t좋아요\t1\n")
+    assert read_nsmc(path).texts == ["좋아요"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("1\tgood\t2\n", "ratings.txt:3: label must be 0 or 1"),
+    ("1\tgood\t1\textra\n", "ratings.txt:3: expected 3 tab-separated fields"),
+])
+def test_nsmc_bad_rows_name_file_and_line(tmp_path: Path, body: str, message: str) -> None:
+    path = write(tmp_path / "ratings.txt", "id\tdocument\tlabel\n9\tfine\t0\n" + body)
+    with pytest.raises(CLIError, match=message):
+        read_nsmc(path)
+
+
+def test_wrong_header_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path / "train.tsv", "text\tlabel\nok\t1\n")
+    with pytest.raises(CLIError, match="train.tsv:1: expected the header"):
+        read_sst2(path)
+
+
+def test_sst2(tmp_path: Path) -> None:
+    path = write(tmp_path / "train.tsv", "sentence\tlabel\nhide new secretions \t0\na gem \t1\n")
+    data = read_sst2(path)
+    assert data.texts == ["hide new secretions ", "a gem "] and data.labels == [0, 1]
+    assert data.majority_accuracy() == 0.5
+
+
+def test_csv_keeps_label_names_and_maps_dev_labels(tmp_path: Path) -> None:
+    train = write(tmp_path / "train.csv", 'review,stars\n"great, really",good\nawful,bad\nfine,good\n,bad\n')
+    data = read_table(train, "review", "stars")
+    assert data.label_names == ["bad", "good"] and data.labels == [1, 0, 1] and data.skipped == 1
+    assert data.texts[0] == "great, really"
+    dev = write(tmp_path / "dev.csv", "review,stars\nmeh,bad\nwow,excellent\n")
+    with pytest.raises(CLIError, match=r"dev.csv:3: label 'excellent' is not one of the train labels"):
+        read_table(dev, "review", "stars", data.label_names)
+
+
+def test_tsv_and_jsonl(tmp_path: Path) -> None:
+    tsv = write(tmp_path / "train.tsv", "label\ttext\n10\tten\n2\ttwo\n2\tdeux\n")
+    data = read_table(tsv)
+    assert data.label_names == ["2", "10"] and data.labels == [1, 0, 0]  # numeric names in numeric order
+    jsonl = write(tmp_path / "train.jsonl", "\n".join(json.dumps(r) for r in [
+        {"text": "yes", "label": "pos"}, {"text": "no", "label": "neg"}]) + "\n")
+    assert read_table(jsonl).label_names == ["neg", "pos"]
+    bad = write(tmp_path / "bad.jsonl", '{"text": "x", "label": "a"}\n{"text": "y"\n')
+    with pytest.raises(CLIError, match="bad.jsonl:2: not a JSON object"):
+        read_table(bad)
+
+
+def test_generic_errors(tmp_path: Path) -> None:
+    with pytest.raises(CLIError, match="no column 'text'"):
+        read_table(write(tmp_path / "a.csv", "sentence,label\nx,1\n"))
+    with pytest.raises(CLIError, match="a.csv:3: expected 2 fields, found 3"):
+        read_table(write(tmp_path / "a.csv", "text,label\nx,1\ny,0,z\n"))
+    with pytest.raises(CLIError, match="unknown format"):
+        read_table(write(tmp_path / "a.xlsx", "text,label\n"))
+    with pytest.raises(CLIError, match="only one label"):
+        read_task("csv", write(tmp_path / "one.csv", "text,label\nx,1\ny,1\n"))
+    with pytest.raises(CLIError, match="no such file"):
+        read_task("nsmc", tmp_path / "missing.txt")
+
+
+def test_real_nsmc_and_sst2(shared_data: Path) -> None:
+    test = read_nsmc(shared_data / "nsmc" / "ratings_test.txt")
+    assert len(test) + test.skipped == 50_000 and test.skipped == 3  # PROVENANCE.md: 3 empty documents
+    assert test.labels.count(1) + test.labels.count(0) == len(test)
+    dev = read_sst2(shared_data / "sst2" / "dev.tsv")
+    assert len(dev) == 872 and set(dev.labels) == {0, 1}

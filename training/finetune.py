@@ -1,0 +1,432 @@
+"""`pocketbert finetune`: sentence classification from a pretrained checkpoint, over several seeds.
+
+The recipe is the one Mosbach et al. (2020, "On the Stability of Fine-tuning BERT") found stable:
+all weights trained end to end, bias-corrected AdamW, linear warmup over the first 10% of the steps
+then linear decay, enough epochs, and the best checkpoint chosen on the dev set. Fine-tuning small
+data sets still varies with the seed, so one command runs several seeds and reports mean, standard
+deviation and the runs that failed (no better than always answering the majority class).
+
+`--init scratch` trains the same classifier from random weights: the ablation that shows what
+pretraining buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.errors import CLIError
+from training.tasks import TASKS, LabeledTexts, read_task
+
+EVAL_BATCH_SIZE = 128
+BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few enough to stay shuffled
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--task", required=True, choices=TASKS,
+                      help="nsmc (id/document/label TSV), sst2 (GLUE sentence/label TSV) or csv (.csv/.tsv/.jsonl)")
+    data.add_argument("--train", required=True, help="training file")
+    data.add_argument("--dev", required=True, help="dev file: chooses the best epoch of each seed")
+    data.add_argument("--test", help="test file, scored once with each seed's best checkpoint")
+    data.add_argument("--text-column", default="text", help="text column / field for --task csv (default text)")
+    data.add_argument("--label-column", default="label", help="label column / field for --task csv (default label)")
+    data.add_argument("--limit-train", type=int, help="use a random subset of this many training examples")
+    data.add_argument("--limit-dev", type=int, help="use a random subset of this many dev examples")
+    data.add_argument("--limit-test", type=int, help="use a random subset of this many test examples")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--init", required=True,
+                       help="a pretrain model.pt / checkpoint.pt to start from, or 'scratch' for random weights")
+    model.add_argument("--tokenizer", help="tokenizer folder or .model (default: the one the checkpoint records)")
+    model.add_argument("--config", help="model config JSON for --init scratch (default: the 3-layer/256/4-head model)")
+    model.add_argument("--out", required=True, help="output folder: model.pt (best seed), results.json, metrics")
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, one full run each (default 1,2,3)")
+    opt.add_argument("--epochs", type=int, default=5, help="training epochs per seed (default 5)")
+    opt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    opt.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
+    opt.add_argument("--max-length", type=int, default=128, help="tokens per example incl. [CLS]/[SEP] (default 128)")
+    opt.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps in linear warmup (default 0.1)")
+    opt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
+    opt.add_argument("--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)")
+    opt.add_argument("--evals-per-epoch", type=int, default=1, help="dev evaluations per epoch (default 1)")
+    opt.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)")
+    opt.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    opt.add_argument("--log-every", type=int, default=20, help="write a training metrics row every N steps")
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise CLIError(f"--seeds must be comma-separated integers, got {text!r}") from exc
+    if not seeds:
+        raise CLIError("--seeds is empty")
+    return seeds
+
+
+def subsample(data: LabeledTexts, limit: int | None, seed: int = 0) -> LabeledTexts:
+    """A reproducible random subset (the same one for every seed and for --init scratch)."""
+    if limit is None or limit >= len(data):
+        return data
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(data)), limit))
+    return LabeledTexts([data.texts[i] for i in keep], [data.labels[i] for i in keep], data.label_names,
+                        data.path, data.skipped)
+
+
+@dataclass
+class EncodedSet:
+    """Token ids of every example (unpadded) and the labels; padding happens per batch."""
+
+    ids: list[list[int]]
+    token_types: list[list[int]]
+    labels: list[int]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def encode(tokenizer, data: LabeledTexts, max_length: int) -> EncodedSet:  # noqa: ANN001
+    """[CLS] text [SEP], truncated to max_length by the tokenizer (the one place that encodes text)."""
+    encodings = [tokenizer.build_inputs(ids, max_length=max_length) for ids in tokenizer.encode_ids_batch(data.texts)]
+    return EncodedSet([e.input_ids for e in encodings], [e.token_type_ids for e in encodings], list(data.labels))
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[list[int]]:  # noqa: ANN001
+    """Shuffled batches of similar lengths: shuffle, sort within buckets of BUCKET_BATCHES batches, cut, shuffle.
+
+    Batches are padded to their longest member, so grouping similar lengths keeps a batch of short
+    reviews short (NSMC's median review is about a fifth of the longest).
+    """
+    import torch
+
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    bucket = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(perm), bucket):
+        chunk = sorted(perm[start : start + bucket], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def make_batch(data: EncodedSet, indices: list[int], device) -> dict:  # noqa: ANN001
+    """Pad the chosen examples to the batch's longest member; tensors on `device`."""
+    import torch
+
+    from model.tokenizer import Encoding, pad_batch
+
+    padded = pad_batch([Encoding(data.ids[i], data.token_types[i]) for i in indices])
+    batch = {k: torch.from_numpy(v).to(device) for k, v in padded.as_dict().items()}
+    batch["labels"] = torch.tensor([data.labels[i] for i in indices], device=device)
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Init:
+    """Where the encoder weights come from."""
+
+    name: str  # "scratch" or the checkpoint path
+    config: Any  # BertConfig
+    encoder_state: dict | None = None  # bert.* weights of the pretrained model
+    metadata: dict = field(default_factory=dict)
+
+
+def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
+    """The encoder to start from; vocab_size (the tokenizer's) sizes a scratch model."""
+    import torch
+
+    from model.config import BertConfig
+
+    if args.init == "scratch":
+        if args.config:
+            try:
+                config = BertConfig.from_json(args.config)
+            except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
+                raise CLIError(f"{args.config}: not a valid model config ({exc})") from exc
+        else:
+            config = BertConfig(vocab_size=vocab_size)
+        config.vocab_size = vocab_size
+        config.max_position_embeddings = max(config.max_position_embeddings, args.max_length)
+        return Init("scratch", config)
+
+    path = Path(args.init)
+    if not path.is_file():
+        raise CLIError(f"{path}: no such checkpoint (give a pretrain model.pt, or --init scratch)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CLIError(f"{path}: not a pocketbert checkpoint")
+    config = BertConfig.from_dict(payload["config"])
+    encoder = {k[len("bert."):]: v for k, v in payload["model"].items() if k.startswith("bert.")}
+    if not encoder:
+        raise CLIError(f"{path}: holds no BERT encoder weights")
+    return Init(str(path), config, encoder, dict(payload.get("metadata", {})))
+
+
+def build_classifier(init: Init, num_labels: int, seed: int, device):  # noqa: ANN001, ANN201
+    """A BertForSequenceClassification: the pooler and encoder from `init`, a fresh seeded classifier."""
+    import torch
+
+    from model.bert import BertForSequenceClassification
+
+    torch.manual_seed(seed)  # the classifier head and dropout differ per seed; the encoder does not
+    model = BertForSequenceClassification(init.config, num_labels)
+    if init.encoder_state is not None:
+        model.bert.load_state_dict(init.encoder_state)
+    return model.to(device)
+
+
+def resolve_tokenizer(args: argparse.Namespace, init_metadata: dict):  # noqa: ANN201 - Tokenizer
+    from model.tokenizer import Tokenizer
+
+    path = args.tokenizer or init_metadata.get("tokenizer")
+    if not path:
+        raise CLIError("no tokenizer: pass --tokenizer (the checkpoint does not record one)")
+    tokenizer = Tokenizer(path)
+    expected = init_metadata.get("tokenizer_sha256")
+    if expected and tokenizer.checksum != expected:
+        raise CLIError(f"{tokenizer.path}: not the tokenizer {args.init} was pretrained with (sha256 differs)")
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# train / evaluate one seed
+# --------------------------------------------------------------------------------------------------
+def evaluate(model, data: EncodedSet, device) -> dict[str, float]:  # noqa: ANN001
+    """Accuracy and mean loss; batches sorted by length (order does not change the figures)."""
+    import torch
+
+    model.eval()
+    order = sorted(range(len(data.labels)), key=lambda i: data.lengths[i])
+    correct, loss_sum = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(order), EVAL_BATCH_SIZE):
+            batch = make_batch(data, order[start : start + EVAL_BATCH_SIZE], device)
+            out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"])
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            loss_sum += float(out.loss) * len(batch["labels"])
+    n = max(1, len(data.labels))
+    return {"acc": correct / n, "loss": loss_sum / n}
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    best_dev_acc: float
+    best_step: int
+    best_epoch: float
+    test_acc: float | None
+    failed: bool
+    seconds: float
+    state: dict | None = None  # the best weights (CPU), kept only until written
+
+
+def train_seed(args: argparse.Namespace, seed: int, init: Init, num_labels: int, train: EncodedSet,
+               dev: EncodedSet, test: EncodedSet | None, majority_dev: float, log) -> SeedResult:  # noqa: ANN001
+    import torch
+    from tqdm import tqdm
+
+    from training.optim import build_optimizer, build_scheduler
+    from training.runtime import derived_generator, pick_device
+
+    device = pick_device(args.device)
+    model = build_classifier(init, num_labels, seed, device)
+    steps_per_epoch = math.ceil(len(train.labels) / args.batch_size)
+    total = steps_per_epoch * args.epochs
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    scheduler = build_scheduler(optimizer, max(1, round(args.warmup_ratio * total)), total)
+    eval_at = {round(steps_per_epoch * (k + 1) / args.evals_per_epoch) for k in range(args.evals_per_epoch)}
+
+    best_acc, best_step, best_state = -1.0, 0, None
+    step, started = 0, time.perf_counter()
+    bar = tqdm(total=total, desc=f"seed {seed}", unit="step", dynamic_ncols=True, mininterval=1.0)
+    window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        batches = bucketed_batches(train.lengths, args.batch_size, derived_generator(seed, epoch))
+        for b, indices in enumerate(batches, start=1):
+            model.train()
+            batch = make_batch(train, indices, device)
+            out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"])
+            out.loss.backward()
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_loss += out.loss.item()
+            window_n += 1
+            window_tokens += int(batch["attention_mask"].sum())
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", best_dev=f"{max(best_acc, 0):.4f}",
+                            tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            if step % args.log_every == 0:
+                log({"seed": seed, "step": step, "split": "train", "loss": window_loss / window_n,
+                     "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
+                window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+            if b in eval_at:
+                metrics = evaluate(model, dev, device)
+                log({"seed": seed, "step": step, "epoch": round(step / steps_per_epoch, 3), "split": "dev",
+                     "acc": metrics["acc"], "loss": metrics["loss"]})
+                if metrics["acc"] > best_acc:
+                    best_acc, best_step = metrics["acc"], step
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    bar.close()
+    model.load_state_dict(best_state)
+    test_acc = evaluate(model, test, device)["acc"] if test is not None else None
+    return SeedResult(seed, best_acc, best_step, round(best_step / steps_per_epoch, 3), test_acc,
+                      failed=best_acc <= majority_dev, seconds=round(time.perf_counter() - started, 1),
+                      state=best_state)
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(args: argparse.Namespace, results: list[SeedResult], extra: dict[str, Any]) -> dict[str, Any]:
+    """results.json: one row per seed, then mean, standard deviation and failed runs."""
+    dev_mean, dev_std = _mean_std([r.best_dev_acc for r in results])
+    test_values = [r.test_acc for r in results if r.test_acc is not None]
+    test_mean, test_std = _mean_std(test_values)
+    best = max(results, key=lambda r: r.best_dev_acc)
+    return {
+        "task": args.task,
+        "init": args.init,
+        "seeds": [{k: v for k, v in vars(r).items() if k != "state"} for r in results],
+        "dev_acc_mean": dev_mean,
+        "dev_acc_std": dev_std,
+        "test_acc_mean": test_mean,
+        "test_acc_std": test_std,
+        "failed_runs": sum(r.failed for r in results),
+        "runs": len(results),
+        "best_seed": best.seed,
+        "hyperparameters": {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_length",
+                                                          "warmup_ratio", "weight_decay", "clip")},
+        **extra,
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    has_test = summary["test_acc_mean"] is not None
+    print(f"\n{'seed':>6} {'dev acc':>8} {'test acc':>9} {'best epoch':>11} {'failed':>7}")
+    for r in summary["seeds"]:
+        test = f"{r['test_acc']:.4f}" if r["test_acc"] is not None else "-"
+        print(f"{r['seed']:>6} {r['best_dev_acc']:>8.4f} {test:>9} {r['best_epoch']:>11} {str(r['failed']):>7}")
+    test = f"{summary['test_acc_mean']:.4f} ± {summary['test_acc_std']:.4f}" if has_test else "-"
+    print(f"  mean dev {summary['dev_acc_mean']:.4f} ± {summary['dev_acc_std']:.4f}, test {test}, "
+          f"failed {summary['failed_runs']}/{summary['runs']} (majority-class dev accuracy "
+          f"{summary['majority_dev_acc']:.4f})")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.checkpoint import load_model, save_model
+    from training.plot import METRICS_FILENAME, plot_run
+
+    seeds = parse_seeds(args.seeds)
+    for name in ("epochs", "batch_size", "evals_per_epoch", "log_every"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_length < 8:
+        raise CLIError(f"--max-length must be at least 8, got {args.max_length}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    train_data = read_task(args.task, args.train, None, args.text_column, args.label_column)
+    dev_data = read_task(args.task, args.dev, train_data.label_names, args.text_column, args.label_column)
+    test_data = (read_task(args.task, args.test, train_data.label_names, args.text_column, args.label_column)
+                 if args.test else None)
+    for d in (train_data, dev_data, test_data):
+        if d is not None and d.skipped:
+            print(f"{d.path}: skipped {d.skipped} rows with an empty or missing text")
+    train_data = subsample(train_data, args.limit_train)
+    dev_data = subsample(dev_data, args.limit_dev)
+    test_data = subsample(test_data, args.limit_test) if test_data is not None else None
+
+    if args.init == "scratch":
+        tokenizer = resolve_tokenizer(args, {})
+        init = load_init(args, tokenizer.vocab_size)
+    else:
+        init = load_init(args, vocab_size=None)
+        tokenizer = resolve_tokenizer(args, init.metadata)
+    if init.config.vocab_size != tokenizer.vocab_size:
+        raise CLIError(f"{args.init}: vocabulary {init.config.vocab_size} but the tokenizer has {tokenizer.vocab_size}")
+    if args.max_length > init.config.max_position_embeddings:
+        raise CLIError(f"--max-length {args.max_length} exceeds the model's {init.config.max_position_embeddings} positions")
+
+    train_set = encode(tokenizer, train_data, args.max_length)
+    dev_set = encode(tokenizer, dev_data, args.max_length)
+    test_set = encode(tokenizer, test_data, args.max_length) if test_data is not None else None
+    num_labels = len(train_data.label_names)
+    majority_dev = dev_data.majority_accuracy()
+    print(f"{args.task}: {len(train_set.labels)} train, {len(dev_set.labels)} dev"
+          + (f", {len(test_set.labels)} test" if test_set else "")
+          + f"; labels {train_data.label_names}; init {init.name}; seeds {seeds}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_FILENAME
+    metrics_path.unlink(missing_ok=True)
+
+    def log(row: dict) -> None:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    extra = {
+        "label_names": train_data.label_names,
+        "majority_dev_acc": majority_dev,
+        "majority_test_acc": test_data.majority_accuracy() if test_data is not None else None,
+        "examples": {"train": len(train_set.labels), "dev": len(dev_set.labels),
+                     "test": len(test_set.labels) if test_set else 0},
+        "skipped": {"train": train_data.skipped, "dev": dev_data.skipped,
+                    "test": test_data.skipped if test_data is not None else 0},
+        "tokenizer_sha256": tokenizer.checksum,
+    }
+    results: list[SeedResult] = []
+    best_dev = -1.0
+    for seed in seeds:
+        result = train_seed(args, seed, init, num_labels, train_set, dev_set, test_set, majority_dev, log)
+        results.append(result)
+        summary = summarise(args, results, extra)
+        if result.best_dev_acc > best_dev:  # write the best classifier as soon as it exists
+            best_dev = result.best_dev_acc
+            model = build_classifier(init, num_labels, seed, "cpu")
+            model.load_state_dict(result.state)
+            save_model(out / "model.pt", model, {
+                "label_names": train_data.label_names, "task": args.task, "max_length": args.max_length,
+                "seed": seed, "results": summary, "tokenizer_sha256": tokenizer.checksum,
+                "tokenizer": str(tokenizer.path.resolve()), "init": args.init,
+            })
+        result.state = None
+        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        plot_run(out)
+    summary = summarise(args, results, extra)
+    model, metadata = load_model(out / "model.pt")
+    save_model(out / "model.pt", model, {**metadata, "results": summary})  # the final table, all seeds
+    print_table(summary)
+    print(f"wrote {out / 'results.json'}, {out / 'model.pt'} (seed {summary['best_seed']}), {out / 'metrics.png'}")
+    return 0

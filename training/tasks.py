@@ -1,0 +1,190 @@
+"""Readers for sentence-classification data: NSMC, GLUE SST-2, and any CSV / TSV / JSONL file.
+
+Every reader returns a `LabeledTexts`: the texts, integer labels, the label names (index = label id),
+and how many rows were skipped because their text was empty. A row that cannot be read (wrong number
+of fields, unknown label) is a `CLIError` naming the file and line, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.errors import CLIError
+from training.textio import iter_lines, open_text
+
+BINARY_SENTIMENT = ["negative", "positive"]  # NSMC and SST-2: 0 = negative, 1 = positive
+TASKS = ("nsmc", "sst2", "csv")
+
+
+@dataclass
+class LabeledTexts:
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    path: str
+    skipped: int = 0  # rows with an empty or missing text
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def majority_accuracy(self) -> float:
+        """Accuracy of always answering the most common label: the bar a useful classifier must clear."""
+        if not self.labels:
+            return 0.0
+        counts = [self.labels.count(i) for i in range(len(self.label_names))]
+        return max(counts) / len(self.labels)
+
+
+def _numbered_rows(path: str | Path, expected_header: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, tab-separated fields) after checking the header; quotes are kept as they are."""
+    lines = iter_lines([path])
+    header = next(lines, None)
+    if header is None:
+        raise CLIError(f"{path}: empty file")
+    if header.split("\t") != list(expected_header):
+        raise CLIError(f"{path}:1: expected the header {'<TAB>'.join(expected_header)!r}, found {header[:80]!r}")
+    for line_no, line in enumerate(lines, start=2):
+        if line.strip():
+            yield line_no, line.split("\t")
+
+
+def _binary_label(path: str | Path, line_no: int, value: str) -> int:
+    value = value.strip()
+    if value not in ("0", "1"):
+        raise CLIError(f"{path}:{line_no}: label must be 0 or 1, found {value[:40]!r}")
+    return int(value)
+
+
+def read_nsmc(path: str | Path) -> LabeledTexts:
+    """NSMC ratings_*.txt: id<TAB>document<TAB>label with a header; a review with no text is skipped.
+
+    The raw text is kept exactly (no CSV unquoting): the corpus' doubled quotes are part of the review
+    as the tokenizer will see it at serving time.
+    """
+    data = LabeledTexts([], [], list(BINARY_SENTIMENT), str(path))
+    for line_no, fields in _numbered_rows(path, ("id", "document", "label")):
+        if len(fields) == 2:  # "id<TAB>label": the document is missing altogether
+            _binary_label(path, line_no, fields[1])
+            data.skipped += 1
+            continue
+        if len(fields) != 3:
+            raise CLIError(f"{path}:{line_no}: expected 3 tab-separated fields (id, document, label), found {len(fields)}")
+        label = _binary_label(path, line_no, fields[2])
+        if not fields[1].strip():
+            data.skipped += 1
+            continue
+        data.texts.append(fields[1])
+        data.labels.append(label)
+    return data
+
+
+def read_sst2(path: str | Path) -> LabeledTexts:
+    """GLUE SST-2 train.tsv / dev.tsv: sentence<TAB>label with a header."""
+    data = LabeledTexts([], [], list(BINARY_SENTIMENT), str(path))
+    for line_no, fields in _numbered_rows(path, ("sentence", "label")):
+        if len(fields) != 2:
+            raise CLIError(f"{path}:{line_no}: expected 2 tab-separated fields (sentence, label), found {len(fields)}")
+        label = _binary_label(path, line_no, fields[1])
+        if not fields[0].strip():
+            data.skipped += 1
+            continue
+        data.texts.append(fields[0])
+        data.labels.append(label)
+    return data
+
+
+def _table_format(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    fmt = suffixes[-1].lstrip(".").lower() if suffixes else ""
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise CLIError(f"{path}: unknown format {fmt!r}; use a .csv, .tsv or .jsonl file (optionally .gz)")
+    return fmt
+
+
+def _table_rows(path: Path, text_column: str, label_column: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, text, label as a string) from a CSV / TSV with a header row, or a JSONL file."""
+    fmt = _table_format(path)
+    with open_text(path) as f:
+        try:
+            if fmt == "jsonl":
+                for line_no, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise CLIError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from exc
+                    if not isinstance(row, dict) or label_column not in row:
+                        raise CLIError(f"{path}:{line_no}: no '{label_column}' field")
+                    text = row.get(text_column)
+                    yield line_no, "" if text is None else str(text), str(row[label_column])
+                return
+            reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")
+            header = next(reader, None)
+            if header is None:
+                raise CLIError(f"{path}: empty file")
+            for column in (text_column, label_column):
+                if column not in header:
+                    raise CLIError(f"{path}:1: no column {column!r} in the header (columns: {', '.join(header)})")
+            t, lab = header.index(text_column), header.index(label_column)
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise CLIError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
+                yield reader.line_num, row[t], row[lab]
+        except UnicodeDecodeError as exc:
+            raise CLIError(f"{path}: not valid UTF-8 ({exc.reason})") from exc
+        except csv.Error as exc:
+            raise CLIError(f"{path}: malformed {fmt.upper()} ({exc})") from exc
+
+
+def _sorted_names(names: set[str]) -> list[str]:
+    """Numeric labels in numeric order ("2" after "10" would surprise), other names alphabetically."""
+    try:
+        return sorted(names, key=lambda n: float(n))
+    except ValueError:
+        return sorted(names)
+
+
+def read_table(path: str | Path, text_column: str = "text", label_column: str = "label",
+               label_names: Sequence[str] | None = None) -> LabeledTexts:
+    """A generic labelled file. Without label_names (the train file) the names are the labels found;
+    with them (dev / test) every label must be one of the train file's."""
+    path = Path(path)
+    rows = list(_table_rows(path, text_column, label_column))
+    if label_names is None:
+        label_names = _sorted_names({label.strip() for _, _, label in rows})
+    ids = {name: i for i, name in enumerate(label_names)}
+    data = LabeledTexts([], [], list(label_names), str(path))
+    for line_no, text, label in rows:
+        if label.strip() not in ids:
+            raise CLIError(f"{path}:{line_no}: label {label[:40]!r} is not one of the train labels {list(label_names)}")
+        if not text.strip():
+            data.skipped += 1
+            continue
+        data.texts.append(text)
+        data.labels.append(ids[label.strip()])
+    return data
+
+
+def read_task(task: str, path: str | Path, label_names: Sequence[str] | None = None,
+              text_column: str = "text", label_column: str = "label") -> LabeledTexts:
+    """Dispatch on --task; `csv` covers .csv, .tsv and .jsonl files."""
+    if task == "nsmc":
+        data = read_nsmc(path)
+    elif task == "sst2":
+        data = read_sst2(path)
+    elif task == "csv":
+        data = read_table(path, text_column, label_column, label_names)
+    else:
+        raise CLIError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if not data.texts:
+        raise CLIError(f"{path}: no labelled examples")
+    if label_names is None and len(data.label_names) < 2:
+        raise CLIError(f"{path}: only one label ({data.label_names}); classification needs at least two")
+    return data
