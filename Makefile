@@ -19,7 +19,7 @@ serve: install  ## start the web API on the bundled model(s) at http://127.0.0.1
 
 test: install  ## lint, then the whole test suite
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
