@@ -60,54 +60,44 @@ class _Metric:
         return ()
 
 
-class Counter(_Metric):
-    """A monotonically increasing count per label set (requests, rejections)."""
-
-    kind = "counter"
+class _ScalarMetric(_Metric):
+    """One number per label set: what counters and gauges have in common."""
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labelnames)
         self._values: dict[tuple[str, ...], float] = {}
+
+    def value(self, **labels: str) -> float:
+        with self._lock:
+            return self._values.get(self._key(labels), 0.0)
+
+    def samples(self) -> Iterable[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        for key, value in items:
+            yield f"{self.name}{_format_labels(self.labelnames, key)} {_format_value(value)}"
+
+
+class Counter(_ScalarMetric):
+    """A monotonically increasing count per label set (requests, rejections)."""
+
+    kind = "counter"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
 
-    def samples(self) -> Iterable[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        for key, value in items:
-            yield f"{self.name}{_format_labels(self.labelnames, key)} {_format_value(value)}"
-
-
-class Gauge(_Metric):
+class Gauge(_ScalarMetric):
     """A value that goes up and down (queue depth)."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
 
     def set(self, value: float, **labels: str) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> Iterable[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        for key, value in items:
-            yield f"{self.name}{_format_labels(self.labelnames, key)} {_format_value(value)}"
 
 
 class Histogram(_Metric):

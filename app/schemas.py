@@ -30,6 +30,20 @@ def _as_list(value: str | list[str], field: str) -> list[str]:
     return texts
 
 
+class _TextsRequest(BaseModel):
+    """A request whose `inputs` is one text or a list of texts (declared by each subclass)."""
+
+    @field_validator("inputs", check_fields=False)
+    @classmethod
+    def _texts(cls, value: str | list[str]) -> list[str]:
+        return _as_list(value, "inputs")
+
+    @property
+    def texts(self) -> list[str]:
+        """`inputs` as a list (the validator already made it one)."""
+        return [self.inputs] if isinstance(self.inputs, str) else self.inputs  # type: ignore[attr-defined]
+
+
 MODEL_FIELD = Field(
     None,
     description="Name of the model (bundle) to use, as listed by GET /v1/models; default: the server's default.",
@@ -38,7 +52,7 @@ MODEL_FIELD = Field(
 
 
 # --- fill-mask ----------------------------------------------------------------------------------------
-class FillMaskRequest(BaseModel):
+class FillMaskRequest(_TextsRequest):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"inputs": "The capital of France is [MASK].", "top_k": 5}]},
@@ -50,16 +64,6 @@ class FillMaskRequest(BaseModel):
     )
     top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="Predictions returned per [MASK].", examples=[5])
     model: str | None = MODEL_FIELD
-
-    @field_validator("inputs")
-    @classmethod
-    def _texts(cls, value: str | list[str]) -> list[str]:
-        return _as_list(value, "inputs")
-
-    @property
-    def texts(self) -> list[str]:
-        """`inputs` as a list (the validator already made it one)."""
-        return [self.inputs] if isinstance(self.inputs, str) else self.inputs
 
 
 class FillMaskPrediction(BaseModel):
@@ -133,7 +137,7 @@ class NextSentenceResponse(BaseModel):
 
 
 # --- classification -------------------------------------------------------------------------------------
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(_TextsRequest):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"inputs": ["A wonderful, moving film.", "Dull."]}]}
     )
@@ -147,16 +151,6 @@ class ClassifyRequest(BaseModel):
         description="Labels returned per text, best first; default: all of the model's labels.", examples=[1],
     )
     model: str | None = MODEL_FIELD
-
-    @field_validator("inputs")
-    @classmethod
-    def _texts(cls, value: str | list[str]) -> list[str]:
-        return _as_list(value, "inputs")
-
-    @property
-    def texts(self) -> list[str]:
-        """`inputs` as a list (the validator already made it one)."""
-        return [self.inputs] if isinstance(self.inputs, str) else self.inputs
 
 
 class LabelScore(BaseModel):

@@ -73,6 +73,17 @@ def tiny_config(tiny_tokenizer):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, tiny_corpus: Path) -> Path:
+    """`pocketbert prepare` output (max length 48) of the tiny corpus, for the pretraining tests."""
+    from training.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(tiny_tokenizer_dir, [tiny_corpus], out, max_length=48, dupe_factor=2, valid_fraction=0.1,
+            workers=1, seed=0, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data beside the project root; tests that need it skip where it is not there."""
     if not SHARED_DATA.is_dir():

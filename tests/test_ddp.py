@@ -8,20 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, tiny_corpus: Path) -> Path:
-    from training.prepare import prepare
-
-    out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare(tiny_tokenizer_dir, [tiny_corpus], out, max_length=48, dupe_factor=2, valid_fraction=0.1,
-            workers=1, seed=0, show_progress=False)
-    return out
 
 
 def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -19,16 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, tiny_corpus: Path) -> Path:
-    from training.prepare import prepare
-
-    out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare(tiny_tokenizer_dir, [tiny_corpus], out, max_length=48, dupe_factor=2, valid_fraction=0.1,
-            workers=1, seed=0, show_progress=False)
-    return out
-
-
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["pretrain", "--data", str(data), "--out", str(out), *TINY_MODEL, "--batch-size", "8",
             "--lr", "1e-3", "--warmup", "2", "--eval-batches", "2", "--threads", "1", "--device", "cpu", *extra]

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from model.bert import IGNORE_INDEX  # labels of the unchosen positions, re-exported for the collator's users
 from model.tokenizer import MASK_ID, NUM_SPECIAL, WORD_BOUNDARY
-
-IGNORE_INDEX = -100  # cross-entropy's default ignore_index
 
 
 def word_start_table(tokenizer) -> torch.Tensor:  # noqa: ANN001 - model.tokenizer.Tokenizer

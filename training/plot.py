@@ -8,11 +8,11 @@ and, for fine-tuning runs, a "seed". Every numeric field becomes a curve in the 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from training.errors import CLIError
+from training.textio import iter_json_objects
 
 METRICS_FILENAME = "metrics.jsonl"
 PLOT_FILENAME = "metrics.png"
@@ -25,17 +25,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise CLIError(f"{path}: no such metrics file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CLIError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from exc
-            if not isinstance(row, dict) or "step" not in row:
-                raise CLIError(f"{path}:{line_no}: a metrics row needs a 'step'")
-            rows.append(row)
+    for line_no, row in iter_json_objects(path):
+        if "step" not in row:
+            raise CLIError(f"{path}:{line_no}: a metrics row needs a 'step'")
+        rows.append(row)
     return rows
 
 

@@ -8,13 +8,12 @@ of fields, unknown label) is a `CLIError` naming the file and line, never a stac
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import CLIError
-from training.textio import iter_lines, open_text
+from training.textio import iter_json_objects, iter_lines, open_text
 
 BINARY_SENTIMENT = ["negative", "positive"]  # NSMC and SST-2: 0 = negative, 1 = positive
 TASKS = ("nsmc", "sst2", "csv")
@@ -108,21 +107,15 @@ def _table_format(path: Path) -> str:
 def _table_rows(path: Path, text_column: str, label_column: str) -> Iterator[tuple[int, str, str]]:
     """(line number, text, label as a string) from a CSV / TSV with a header row, or a JSONL file."""
     fmt = _table_format(path)
+    if fmt == "jsonl":
+        for line_no, row in iter_json_objects(path):
+            if label_column not in row:
+                raise CLIError(f"{path}:{line_no}: no '{label_column}' field")
+            text = row.get(text_column)
+            yield line_no, "" if text is None else str(text), str(row[label_column])
+        return
     with open_text(path) as f:
         try:
-            if fmt == "jsonl":
-                for line_no, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise CLIError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from exc
-                    if not isinstance(row, dict) or label_column not in row:
-                        raise CLIError(f"{path}:{line_no}: no '{label_column}' field")
-                    text = row.get(text_column)
-                    yield line_no, "" if text is None else str(text), str(row[label_column])
-                return
             reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")
             header = next(reader, None)
             if header is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,3 +33,21 @@ def iter_lines(paths: Sequence[str | Path]) -> Iterator[str]:
                 raise CLIError(f"{path}:{line_no + 1}: not valid UTF-8 ({exc.reason})") from exc
             except (OSError, EOFError) as exc:  # truncated or corrupt .gz
                 raise CLIError(f"{path}:{line_no + 1}: cannot read ({exc})") from exc
+
+
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file (.gz too).
+
+    A line that is not a JSON object is an error naming the file and line.
+    """
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CLIError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise CLIError(f"{path}:{line_no}: not a JSON object")
+            yield line_no, row
