@@ -15,6 +15,8 @@ $(BIN)/pocketbert: pyproject.toml
 install: $(BIN)/pocketbert  ## create .venv and install the project with every extra
 
 serve: install  ## start the web API on the bundled model(s) at http://127.0.0.1:8000
+	@ls $(BUNDLES)/*/bundle.json $(BUNDLES)/bundle.json >/dev/null 2>&1 || echo "note: no bundle in $(BUNDLES)/ yet:" \
+		"make one with 'pocketbert export' (see README) or set BUNDLES=DIR; /readyz reports what is missing"
 	$(BIN)/pocketbert serve --bundles $(BUNDLES)
 
 test: install  ## lint, then the whole test suite

@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--out", required=True, help="output folder: model.pt (best seed), results.json, metrics")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, one full run each (default 1,2,3)")
+    opt.add_argument("--seeds", default="1,2,3,4,5",
+                     help="comma-separated seeds, one full run each; their spread measures stability (default 1,2,3,4,5)")
     opt.add_argument("--epochs", type=int, default=5, help="training epochs per seed (default 5)")
     opt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     opt.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
