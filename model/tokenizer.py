@@ -218,3 +218,19 @@ class Tokenizer:
             else:
                 pieces.append(self.sp.id_to_piece(token_id))
         return "".join(pieces).replace(WORD_BOUNDARY, " ").strip()
+
+
+def resolve_tokenizer(explicit: str | Path | None, recorded: dict, source: str) -> Tokenizer:
+    """The tokenizer a user named, else the one an artefact (checkpoint, data index) records.
+
+    `recorded` may hold "tokenizer" (a path) and "tokenizer_sha256"; a tokenizer whose file differs
+    from the recorded checksum would silently scramble every id, so it is refused.
+    """
+    path = explicit or recorded.get("tokenizer")
+    if not path:
+        raise TokenizerError(f"no tokenizer: pass --tokenizer ({source} does not record one)")
+    tokenizer = Tokenizer(path)
+    expected = recorded.get("tokenizer_sha256")
+    if expected and tokenizer.checksum != expected:
+        raise TokenizerError(f"{tokenizer.path}: not the tokenizer {source} was made with (sha256 differs)")
+    return tokenizer

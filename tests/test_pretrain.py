@@ -113,6 +113,20 @@ def test_bf16_autocast_runs(prepared: Path, tmp_path: Path) -> None:
     assert main(pretrain_args(prepared, tmp_path / "bf16", "--steps", "2", "--precision", "bf16")) == 0
 
 
+def test_whole_word_masking_uses_the_datas_tokenizer(prepared: Path, tmp_path: Path, tiny_corpus: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from training.tokenizer_train import train_tokenizer
+
+    out = tmp_path / "wwm"
+    assert main(pretrain_args(prepared, out, "--steps", "3", "--whole-word-mask")) == 0
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    other = train_tokenizer([tiny_corpus], tmp_path / "other", vocab_size=130)  # not the data's tokenizer
+    capsys.readouterr()
+    args = pretrain_args(prepared, tmp_path / "x", "--steps", "1", "--whole-word-mask", "--tokenizer", str(other))
+    assert main(args) == 2
+    assert "sha256 differs" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_error(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(pretrain_args(tmp_path / "nowhere", tmp_path / "out", "--steps", "1")) == 2
     assert "index.json" in capsys.readouterr().err

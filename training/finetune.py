@@ -194,19 +194,6 @@ def build_classifier(init: Init, num_labels: int, seed: int, device):  # noqa: A
     return model.to(device)
 
 
-def resolve_tokenizer(args: argparse.Namespace, init_metadata: dict):  # noqa: ANN201 - Tokenizer
-    from model.tokenizer import Tokenizer
-
-    path = args.tokenizer or init_metadata.get("tokenizer")
-    if not path:
-        raise CLIError("no tokenizer: pass --tokenizer (the checkpoint does not record one)")
-    tokenizer = Tokenizer(path)
-    expected = init_metadata.get("tokenizer_sha256")
-    if expected and tokenizer.checksum != expected:
-        raise CLIError(f"{tokenizer.path}: not the tokenizer {args.init} was pretrained with (sha256 differs)")
-    return tokenizer
-
-
 # --------------------------------------------------------------------------------------------------
 # train / evaluate one seed
 # --------------------------------------------------------------------------------------------------
@@ -346,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from model.checkpoint import load_model, save_model
+    from model.tokenizer import resolve_tokenizer
     from training.plot import METRICS_FILENAME, plot_run
 
     seeds = parse_seeds(args.seeds)
@@ -369,11 +357,11 @@ def run(args: argparse.Namespace) -> int:
     test_data = subsample(test_data, args.limit_test) if test_data is not None else None
 
     if args.init == "scratch":
-        tokenizer = resolve_tokenizer(args, {})
+        tokenizer = resolve_tokenizer(args.tokenizer, {}, "a scratch model")
         init = load_init(args, tokenizer.vocab_size)
     else:
         init = load_init(args, vocab_size=None)
-        tokenizer = resolve_tokenizer(args, init.metadata)
+        tokenizer = resolve_tokenizer(args.tokenizer, init.metadata, args.init)
     if init.config.vocab_size != tokenizer.vocab_size:
         raise CLIError(f"{args.init}: vocabulary {init.config.vocab_size} but the tokenizer has {tokenizer.vocab_size}")
     if args.max_length > init.config.max_position_embeddings:

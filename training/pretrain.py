@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
     opt.add_argument("--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)")
     opt.add_argument("--mlm-probability", type=float, default=0.15, help="share of tokens masked (default 0.15)")
+    opt.add_argument("--whole-word-mask", action="store_true",
+                     help="choose whole words (a '▁' piece and the pieces after it) instead of single pieces")
+    opt.add_argument("--tokenizer",
+                     help="tokenizer folder for --whole-word-mask (default: the one the data's index.json records)")
     opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and masks (default 0)")
 
     run_ = parser.add_argument_group("running")
@@ -256,6 +260,7 @@ class Trainer:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
+        self.word_starts = self._word_start_table() if args.whole_word_mask else None  # (V,) bool
         if runtime.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
@@ -388,11 +393,22 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.rt.device.type, dtype=self.autocast_dtype)
 
+    def _word_start_table(self):  # noqa: ANN202 - torch.Tensor
+        """Which vocabulary ids begin a word, from the tokenizer the data was prepared with."""
+        from model.tokenizer import resolve_tokenizer
+        from training.masking import word_start_table
+
+        recorded = {"tokenizer": self.index.get("args", {}).get("tokenizer"),
+                    "tokenizer_sha256": self.index.get("tokenizer_sha256")}
+        tokenizer = resolve_tokenizer(self.args.tokenizer, recorded, f"{self.args.data}/{INDEX_FILENAME}")
+        return word_start_table(tokenizer)
+
     def _mask(self, batch: dict, generator) -> tuple:  # noqa: ANN001
         from training.masking import mask_tokens
 
+        word_starts = None if self.word_starts is None else self.word_starts[batch["input_ids"]]  # (B, T)
         return mask_tokens(batch["input_ids"], self.config.vocab_size, generator=generator,
-                           mlm_probability=self.args.mlm_probability)
+                           mlm_probability=self.args.mlm_probability, word_starts=word_starts)
 
     def train_step(self) -> dict[str, float]:
         """grad_accum micro-batches -> one clipped optimiser step; returns this step's mean losses."""
