@@ -72,7 +72,10 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     assert main(pretrain_args(prepared, tmp_path / "split", *common, "--stop-at", "4")) == 0
     state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and state["position"]["batch"] > 0
-    assert main(pretrain_args(prepared, tmp_path / "split", *common, "--resume")) == 0
+    # Resumed with none of the run's options: batch size, steps, lr, warmup, grad-accum come from the checkpoint.
+    running = ["--eval-every", "4", "--save-every", "4", "--log-every", "2", "--eval-batches", "2",
+               "--threads", "1", "--device", "cpu"]
+    assert main(["pretrain", "--data", str(prepared), "--out", str(tmp_path / "split"), "--resume", *running]) == 0
 
     assert losses(tmp_path / "whole" / "metrics.jsonl") == losses(tmp_path / "split" / "metrics.jsonl")
     whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]

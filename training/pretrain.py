@@ -43,24 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     model.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden size)")
 
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch per process (default 32)")
-    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
-    opt.add_argument("--steps", type=int, default=1000, help="total optimiser steps of the schedule (default 1000)")
-    opt.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    opt = parser.add_argument_group("optimisation (on --resume, each defaults to the checkpoint's value)")
+    opt.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 32)")
+    opt.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step (default 1)")
+    opt.add_argument("--steps", type=int, help="total optimiser steps of the schedule (default 1000)")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
     opt.add_argument("--warmup", type=int, help="linear warmup steps (default 10%% of --steps)")
-    opt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
-    opt.add_argument("--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)")
-    opt.add_argument("--mlm-probability", type=float, default=0.15, help="share of tokens masked (default 0.15)")
-    opt.add_argument("--whole-word-mask", action="store_true",
+    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.01)")
+    opt.add_argument("--clip", type=float, help="gradient clipping max norm, 0 = off (default 1.0)")
+    opt.add_argument("--mlm-probability", type=float, help="share of tokens masked (default 0.15)")
+    opt.add_argument("--whole-word-mask", action="store_true", default=None,
                      help="choose whole words (a '▁' piece and the pieces after it) instead of single pieces")
     opt.add_argument("--tokenizer",
                      help="tokenizer folder for --whole-word-mask (default: the one the data's index.json records)")
-    opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and masks (default 0)")
+    opt.add_argument("--seed", type=int, help="seed of initialisation, data order and masks (default 0)")
 
     run_ = parser.add_argument_group("running")
     run_.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)")
-    run_.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    run_.add_argument("--precision", choices=("fp32", "bf16"),
                       help="bf16 autocast for matmuls (faster on GPUs and CPUs with AVX512-BF16/AMX; default fp32)")
     run_.add_argument("--compile", action="store_true", help="torch.compile the model (off: it does not pay on CPU)")
     run_.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, split between DDP ranks)")
@@ -72,15 +72,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="save and stop after this step, keeping the schedule of --steps (to pause a run)")
 
 
+# Options that define a run. Left out on --resume they take the checkpoint's values, so that
+# `pocketbert pretrain --data D --out O --resume` continues the same schedule; else these defaults.
+RUN_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32, "grad_accum": 1, "steps": 1000, "lr": 5e-4, "warmup": None, "weight_decay": 0.01,
+    "clip": 1.0, "mlm_probability": 0.15, "seed": 0, "precision": "fp32", "whole_word_mask": False,
+    "tokenizer": None,
+}
+
+
 def run(args: argparse.Namespace) -> int:
+    from training.checkpointing import STATE_FILENAME, load_training_state
     from training.runtime import setup, teardown
 
+    state_path = Path(args.out) / STATE_FILENAME
+    resume_state = load_training_state(state_path) if args.resume and state_path.is_file() else None
+    fill_run_options(args, resume_state["args"] if resume_state else {})
     _check_args(args)
     runtime = setup(args.device, args.threads)
     try:
-        return Trainer(args, runtime).train()
+        return Trainer(args, runtime, resume_state).train()
     finally:
         teardown()
+
+
+def fill_run_options(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    """Give each run option left out on the command line the checkpoint's value, else its default."""
+    for name, default in RUN_DEFAULTS.items():
+        given = getattr(args, name)
+        if given is None:
+            setattr(args, name, saved.get(name, default))
+        elif name in saved and saved[name] != given:
+            print(f"note: --{name.replace('_', '-')} {given} differs from the checkpoint's {saved[name]}: "
+                  "the resumed run will not match an uninterrupted one")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -207,11 +231,11 @@ class BatchStream:
 class Trainer:
     """One pretraining run: state, the step, evaluation, checkpoints, logging."""
 
-    def __init__(self, args: argparse.Namespace, runtime) -> None:  # noqa: ANN001 - training.runtime.Runtime
+    def __init__(self, args: argparse.Namespace, runtime, resume_state: dict | None = None) -> None:  # noqa: ANN001
         import torch
 
         from model.bert import BertForPreTraining
-        from training.checkpointing import STATE_FILENAME, load_training_state
+        from training.checkpointing import STATE_FILENAME
         from training.dataset import PretrainingDataset
         from training.optim import build_optimizer, build_scheduler
         from training.runtime import seed_everything, set_rng_state
@@ -221,10 +245,6 @@ class Trainer:
         self.out = Path(args.out)
         self.index = read_index(args.data)
         self.state_path = self.out / STATE_FILENAME
-        resume_state = None
-        if args.resume and self.state_path.is_file():
-            resume_state = load_training_state(self.state_path)
-
         if resume_state is not None:
             from model.config import BertConfig
 
