@@ -45,6 +45,7 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
 
 def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> None:  # noqa: ANN001
     assert {p.name for p in tiny_bundle.iterdir()} == BUNDLE_FILES
+    assert tiny_bundle.stat().st_mode & 0o777 == 0o755  # readable by a server running as another user
     info = json.loads((tiny_bundle / "bundle.json").read_text(encoding="utf-8"))
     assert info["format_version"] == 1
     assert info["name"] == "tiny"

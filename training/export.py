@@ -202,6 +202,7 @@ def _log(message: str, quiet: bool) -> None:
 
 def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Rename the finished staging folder to out_dir (an existing empty folder is replaced)."""
+    staging.chmod(0o755)  # mkdtemp made it private; a bundle is read by other users (a server, a container)
     if out_dir.exists():
         if out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
