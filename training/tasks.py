@@ -72,12 +72,7 @@ def read_nsmc(path: str | Path) -> LabeledTexts:
             continue
         if len(fields) != 3:
             raise CLIError(f"{path}:{line_no}: expected 3 tab-separated fields (id, document, label), found {len(fields)}")
-        label = _binary_label(path, line_no, fields[2])
-        if not fields[1].strip():
-            data.skipped += 1
-            continue
-        data.texts.append(fields[1])
-        data.labels.append(label)
+        _add_example(data, path, line_no, fields[1], fields[2])
     return data
 
 
@@ -87,13 +82,18 @@ def read_sst2(path: str | Path) -> LabeledTexts:
     for line_no, fields in _numbered_rows(path, ("sentence", "label")):
         if len(fields) != 2:
             raise CLIError(f"{path}:{line_no}: expected 2 tab-separated fields (sentence, label), found {len(fields)}")
-        label = _binary_label(path, line_no, fields[1])
-        if not fields[0].strip():
-            data.skipped += 1
-            continue
-        data.texts.append(fields[0])
-        data.labels.append(label)
+        _add_example(data, path, line_no, fields[0], fields[1])
     return data
+
+
+def _add_example(data: LabeledTexts, path: str | Path, line_no: int, text: str, label_field: str) -> None:
+    """Append one labelled text; an empty text is counted as skipped (its label is still validated)."""
+    label = _binary_label(path, line_no, label_field)
+    if not text.strip():
+        data.skipped += 1
+        return
+    data.texts.append(text)
+    data.labels.append(label)
 
 
 def _table_format(path: Path) -> str:
