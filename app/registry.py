@@ -99,14 +99,12 @@ class ServedModel:
     def check_masks(self, texts: Sequence[str]) -> None:
         """Every text has a [MASK] within the model's max length (the engine truncates the rest)."""
         tokenizer = self.engine.tokenizer
-        visible = self.engine.max_length - 2  # [CLS] text [SEP]
-        # One text at a time on purpose: SentencePiece's batch call starts threads on every call, which
-        # costs ~10x a single encode for the one or few texts of a request (and runs on the event loop).
         for index, text in enumerate(texts):
             ids = tokenizer.encode_ids(text)
             if MASK_ID not in ids:
                 raise InputError(("inputs", index), "the text has no [MASK] token to fill", texts[index])
-            if MASK_ID not in ids[:visible]:
+            # what the model will see: the tokenizer's own truncation, not a copy of its rule
+            if MASK_ID not in tokenizer.build_inputs(ids, max_length=self.engine.max_length).input_ids:
                 raise InputError(
                     ("inputs", index),
                     f"every [MASK] lies beyond the model's maximum length of {self.engine.max_length} tokens",
