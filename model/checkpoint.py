@@ -8,6 +8,8 @@ written by the trainer.) Imports torch: the web service never uses this module.
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,37 @@ KINDS = ("pretraining", "classification")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves a half-written file."""
+    """torch.save to a unique temporary file, fsync it, rename it over `path`, fsync the folder.
+
+    A crash or SIGKILL at any moment leaves either the old file or the new one, never half of one; the
+    fsyncs make that hold across a power cut too, and the unique name lets two writers never collide.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a model file is meant to be shared
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename inside `folder` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_model(
@@ -48,26 +75,64 @@ def save_model(
     atomic_torch_save(payload, path)
 
 
-def load_model(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[BertForPreTraining | BertForSequenceClassification, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes (in eval mode) and return it with its metadata."""
+@dataclass
+class Weights:
+    """What a weights file holds, whichever of the two kinds it is."""
+
+    kind: str  # "pretraining" or "classification"
+    config: BertConfig
+    state: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    num_labels: int | None = None
+    training_state: bool = False  # read from a trainer's checkpoint.pt rather than a model.pt
+
+    def build(self) -> BertForPreTraining | BertForSequenceClassification:
+        """The model these weights describe, in eval mode."""
+        if self.kind == "pretraining":
+            model: BertForPreTraining | BertForSequenceClassification = BertForPreTraining(self.config)
+        else:
+            model = BertForSequenceClassification(self.config, self.num_labels or 2)
+        model.load_state_dict(self.state)
+        model.eval()
+        return model
+
+
+def read_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Weights:
+    """Read a model.pt (`save_model`) or a trainer's checkpoint.pt (which holds the same weights and more).
+
+    Every failure is a ValueError / FileNotFoundError naming the file: a truncated download or a
+    foreign pickle gets one sentence, not an unpickling traceback. A checkpoint.pt needs a full unpickle
+    (its RNG states are Python objects), so only read checkpoints your own runs wrote.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("kind") not in KINDS:
-        raise ValueError(f"{path}: not a pocketbert model checkpoint")
-    if payload.get("format", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {payload['format']} is newer than this pocketbert supports")
-    config = BertConfig.from_dict(payload["config"])
-    if payload["kind"] == "pretraining":
-        model: BertForPreTraining | BertForSequenceClassification = BertForPreTraining(config)
-    else:
-        model = BertForSequenceClassification(config, payload["num_labels"])
-    model.load_state_dict(payload["model"])
-    model.eval()
-    return model, payload["metadata"]
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # noqa: BLE001 - a training checkpoint (numpy RNG state) or not a checkpoint at all
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable pocketbert checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise ValueError(f"{path}: not a pocketbert checkpoint")
+    if payload.get("kind") in KINDS:  # model.pt
+        if payload.get("format", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path}: checkpoint format {payload['format']} is newer than this pocketbert supports")
+        return Weights(payload["kind"], BertConfig.from_dict(payload["config"]), payload["model"],
+                       dict(payload.get("metadata") or {}), payload.get("num_labels"))
+    # checkpoint.pt: the pretraining trainer's state (weights, optimiser, RNG, ...)
+    kind = payload.get("kind", "pretraining")
+    return Weights(kind, BertConfig.from_dict(payload["config"]), payload["model"],
+                   dict(payload.get("metadata") or {}), payload.get("num_labels"), training_state=True)
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[BertForPreTraining | BertForSequenceClassification, dict[str, Any]]:
+    """Rebuild the model a model.pt or checkpoint.pt describes (in eval mode), with its metadata."""
+    weights = read_weights(path, map_location)
+    return weights.build(), weights.metadata
 
 
 # Keys that Hugging Face leaves out of model.safetensors because they are tied to another tensor.

@@ -62,6 +62,12 @@ def test_data_order_is_a_function_of_seed_and_epoch() -> None:
     assert [b.tolist() for b in a] != [b.tolist() for b in epoch_batches(50, 8, seed=3, epoch=2)]
     ranks = [torch.cat(epoch_batches(50, 8, 3, 1, rank=r, world_size=2)) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 24 and not set(ranks[0].tolist()) & set(ranks[1].tolist())
+    # several folders: each batch from one folder, every folder read once per epoch
+    mixed = epoch_batches([50, 20], 8, seed=3, epoch=1)
+    assert all(bool((b < 50).all()) or bool((b >= 50).all()) for b in mixed)
+    assert sum(bool((b >= 50).all()) for b in mixed) == 2 and len(mixed) == 6 + 2
+    assert len(set(torch.cat(mixed).tolist())) == 64
+    assert [b.tolist() for b in epoch_batches([50], 8, 3, 1)] == [b.tolist() for b in a]
 
 
 # --- the command --------------------------------------------------------------------------------------
@@ -85,6 +91,58 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     final = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert final["step"] == 8
     assert final["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
+
+
+def test_resume_with_a_new_schedule_takes_effect(prepared: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """--lr / --steps given on --resume change the rate from the resumed step on; --seed is refused."""
+    out = tmp_path / "run"
+    common = ["--eval-every", "100", "--log-every", "1", "--warmup", "2"]
+    assert main(pretrain_args(prepared, out, "--steps", "6", "--stop-at", "3", *common)) == 0
+    running = ["--threads", "1", "--device", "cpu", "--eval-batches", "2", "--log-every", "1"]
+    resume = ["pretrain", "--data", str(prepared), "--out", str(out), "--resume", *running]
+    capsys.readouterr()
+    assert main([*resume, "--seed", "7"]) == 2
+    assert "--seed 7 differs" in capsys.readouterr().err
+    assert main([*resume, "--lr", "1e-2", "--steps", "8"]) == 0
+    assert "--lr changes from 0.001 to 0.01" in capsys.readouterr().out
+    rates = {row["step"]: row["lr"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if row["split"] == "train"}
+    assert rates[3] == pytest.approx(1e-3 * (6 - 3) / (6 - 2))  # the first schedule
+    for step in (4, 5, 6, 7):  # the new one: peak 1e-2, decaying to zero at step 8
+        assert rates[step] == pytest.approx(1e-2 * (8 - step) / (8 - 2))
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 8 and state["args"]["lr"] == 1e-2
+
+
+def test_init_continues_from_weights_on_several_data_folders(prepared: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """--init takes the weights (not the optimiser or schedule); two --data folders are read as one."""
+    from model.checkpoint import load_model
+
+    base = tmp_path / "base"
+    assert main(pretrain_args(prepared, base, "--steps", "4", "--eval-every", "100")) == 0
+    before, _ = load_model(base / "checkpoint.pt")  # a training checkpoint works as well as model.pt
+    out = tmp_path / "continued"
+    args = ["pretrain", "--data", str(prepared), str(prepared), "--out", str(out), "--init",
+            str(base / "checkpoint.pt"), "--steps", "3", "--batch-size", "8", "--eval-every", "100",
+            "--eval-batches", "2", "--threads", "1", "--device", "cpu", "--dropout", "0", "--log-every", "1"]
+    assert main(args) == 0
+    after, metadata = load_model(out / "model.pt")
+    assert after.config.hidden_size == 32 and after.config.hidden_dropout_prob == 0.0
+    assert metadata["step"] == 3 and len(metadata["data"]) == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first_valid = next(r for r in rows if r["split"] == "valid")
+    assert first_valid["step"] == 0 and first_valid["mlm_acc"] > 0  # starts from the trained weights
+    assert not torch.equal(before.bert.embeddings.word_embeddings.weight, after.bert.embeddings.word_embeddings.weight)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["position"]["batch"] == 3  # a fresh run: its own data position, its own schedule
+    # a classifier or a model of another vocabulary is refused in one line
+    capsys.readouterr()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main([*args[:7], str(bad), *args[8:]]) == 2
+    assert "bad.pt: not a readable pocketbert checkpoint" in capsys.readouterr().err
 
 
 def test_outputs_metrics_plot_and_export_checkpoint(prepared: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ pretraining buys.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import CLIError
-from training.tasks import TASKS, LabeledTexts, read_task
+from training.tasks import TASKS, LabeledTexts, read_task, split_dev
 
 EVAL_BATCH_SIZE = 128
 BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few enough to stay shuffled
@@ -33,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--task", required=True, choices=TASKS,
                       help="nsmc (id/document/label TSV), sst2 (GLUE sentence/label TSV) or csv (.csv/.tsv/.jsonl)")
     data.add_argument("--train", required=True, help="training file")
-    data.add_argument("--dev", required=True, help="dev file: chooses the best epoch of each seed")
+    data.add_argument("--dev", help="dev file: chooses the best epoch of each seed (or carve one: --dev-fraction)")
+    data.add_argument("--dev-fraction", type=float,
+                      help="instead of --dev: hold out this random share of --train as the dev set "
+                           "(reproducible: the same rows for every seed and run)")
     data.add_argument("--test", help="test file, scored once with each seed's best checkpoint")
     data.add_argument("--text-column", default="text", help="text column / field for --task csv (default text)")
     data.add_argument("--label-column", default="label", help="label column / field for --task csv (default label)")
@@ -46,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a pretrain model.pt / checkpoint.pt to start from, or 'scratch' for random weights")
     model.add_argument("--tokenizer", help="tokenizer folder or .model (default: the one the checkpoint records)")
     model.add_argument("--config", help="model config JSON for --init scratch (default: the 3-layer/256/4-head model)")
+    model.add_argument("--dropout", type=float, default=0.1,
+                       help="hidden and attention dropout while fine-tuning, whatever the pretrained model used "
+                            "(default 0.1, BERT's)")
     model.add_argument("--out", required=True, help="output folder: model.pt (best seed), results.json, metrics")
 
     opt = parser.add_argument_group("optimisation")
@@ -152,7 +159,6 @@ class Init:
 
 def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
     """The encoder to start from; vocab_size (the tokenizer's) sizes a scratch model."""
-    import torch
 
     from model.config import BertConfig
 
@@ -168,27 +174,31 @@ def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
         config.max_position_embeddings = max(config.max_position_embeddings, args.max_length)
         return Init("scratch", config)
 
-    path = Path(args.init)
-    if not path.is_file():
-        raise CLIError(f"{path}: no such checkpoint (give a pretrain model.pt, or --init scratch)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise CLIError(f"{path}: not a pocketbert checkpoint")
-    config = BertConfig.from_dict(payload["config"])
-    encoder = {k[len("bert."):]: v for k, v in payload["model"].items() if k.startswith("bert.")}
+    from model.checkpoint import read_weights
+
+    try:
+        weights = read_weights(args.init)
+    except FileNotFoundError as exc:
+        raise CLIError(f"{exc} (give a pretrain model.pt, or --init scratch)") from exc
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    encoder = {k[len("bert."):]: v for k, v in weights.state.items() if k.startswith("bert.")}
     if not encoder:
-        raise CLIError(f"{path}: holds no BERT encoder weights")
-    return Init(str(path), config, encoder, dict(payload.get("metadata", {})))
+        raise CLIError(f"{args.init}: holds no BERT encoder weights")
+    return Init(str(args.init), weights.config, encoder, weights.metadata)
 
 
-def build_classifier(init: Init, num_labels: int, seed: int, device):  # noqa: ANN001, ANN201
+def build_classifier(init: Init, num_labels: int, seed: int, device, dropout: float | None = None):  # noqa: ANN001, ANN201
     """A BertForSequenceClassification: the pooler and encoder from `init`, a fresh seeded classifier."""
     import torch
 
     from model.bert import BertForSequenceClassification
 
     torch.manual_seed(seed)  # the classifier head and dropout differ per seed; the encoder does not
-    model = BertForSequenceClassification(init.config, num_labels)
+    config = dataclasses.replace(init.config)
+    if dropout is not None:  # fine-tuning's own regularisation, not the pretraining run's
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    model = BertForSequenceClassification(config, num_labels)
     if init.encoder_state is not None:
         model.bert.load_state_dict(init.encoder_state)
     return model.to(device)
@@ -235,7 +245,7 @@ def train_seed(args: argparse.Namespace, seed: int, init: Init, num_labels: int,
     from training.runtime import derived_generator, pick_device
 
     device = pick_device(args.device)
-    model = build_classifier(init, num_labels, seed, device)
+    model = build_classifier(init, num_labels, seed, device, args.dropout)
     steps_per_epoch = math.ceil(len(train.labels) / args.batch_size)
     total = steps_per_epoch * args.epochs
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
@@ -312,7 +322,8 @@ def summarise(args: argparse.Namespace, results: list[SeedResult], extra: dict[s
         "runs": len(results),
         "best_seed": best.seed,
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_length",
-                                                          "warmup_ratio", "weight_decay", "clip")},
+                                                          "warmup_ratio", "weight_decay", "clip", "dropout",
+                                                          "dev_fraction")},
         **extra,
     }
 
@@ -345,8 +356,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if (args.dev is None) == (args.dev_fraction is None):
+        raise CLIError("give a dev set: either --dev FILE or --dev-fraction F (carved from --train)")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
     train_data = read_task(args.task, args.train, None, args.text_column, args.label_column)
-    dev_data = read_task(args.task, args.dev, train_data.label_names, args.text_column, args.label_column)
+    if args.dev_fraction is not None:
+        train_data, dev_data = split_dev(train_data, args.dev_fraction)
+    else:
+        dev_data = read_task(args.task, args.dev, train_data.label_names, args.text_column, args.label_column)
     test_data = (read_task(args.task, args.test, train_data.label_names, args.text_column, args.label_column)
                  if args.test else None)
     for d in (train_data, dev_data, test_data):
@@ -403,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
         summary = summarise(args, results, extra)
         if result.best_dev_acc > best_dev:  # write the best classifier as soon as it exists
             best_dev = result.best_dev_acc
-            model = build_classifier(init, num_labels, seed, "cpu")
+            model = build_classifier(init, num_labels, seed, "cpu", args.dropout)
             model.load_state_dict(result.state)
             save_model(out / "model.pt", model, {
                 "label_names": train_data.label_names, "task": args.task, "max_length": args.max_length,

@@ -24,6 +24,8 @@ from training.errors import CLIError
 
 INDEX_FILENAME = "index.json"
 EVAL_MASK_SEED = 20_240_917  # validation masks are the same at every evaluation, so curves are comparable
+# ...and the same whatever the training masking (rate, whole words), so runs with different recipes compare
+EVAL_MLM_PROBABILITY = 0.15
 
 
 # --------------------------------------------------------------------------------------------------
@@ -31,17 +33,24 @@ EVAL_MASK_SEED = 20_240_917  # validation masks are the same at every evaluation
 # --------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("data and output")
-    io.add_argument("--data", required=True, help="folder written by `pocketbert prepare` (index.json + memmaps)")
+    io.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                    help="folder(s) written by `pocketbert prepare` with the same tokenizer and length; several "
+                         "are read as one training set (e.g. Wikipedia + in-domain text), validated on the first")
     io.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.jsonl, metrics.png")
     io.add_argument("--resume", action="store_true",
                     help="continue from OUT/checkpoint.pt exactly where it stopped (starts fresh if there is none)")
 
     model = parser.add_argument_group("model (ignored on --resume: the checkpoint's config is used)")
+    model.add_argument("--init", metavar="MODEL",
+                       help="start from the weights of a model.pt or checkpoint.pt (its config; a fresh optimiser "
+                            "and schedule): continued pretraining on other data or with another recipe")
     model.add_argument("--config", help="model config JSON (BertConfig / Hugging Face field names)")
     model.add_argument("--hidden-size", type=int, default=256, help="hidden size (default 256)")
     model.add_argument("--layers", type=int, default=3, help="number of transformer layers (default 3)")
     model.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     model.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden size)")
+    model.add_argument("--dropout", type=float,
+                       help="hidden and attention dropout (default: the config's, 0.1 for a new model)")
 
     opt = parser.add_argument_group("optimisation (on --resume, each defaults to the checkpoint's value)")
     opt.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 32)")
@@ -96,15 +105,29 @@ def run(args: argparse.Namespace) -> int:
         teardown()
 
 
+# Options a resumed run cannot change: the saved data position counts batches of this size, drawn in
+# the order this seed defines.
+FIXED_ON_RESUME = {"batch_size": "the saved data position counts batches of that size",
+                   "seed": "the saved data position refers to the data order that seed defines"}
+
+
 def fill_run_options(args: argparse.Namespace, saved: dict[str, Any]) -> None:
-    """Give each run option left out on the command line the checkpoint's value, else its default."""
+    """Give each run option left out on the command line the checkpoint's value, else its default.
+
+    An option given with a value other than the checkpoint's takes effect from the resumed step on (the
+    learning-rate schedule is recomputed with the new lr / warmup / steps); the two that cannot change
+    are refused with the reason.
+    """
     for name, default in RUN_DEFAULTS.items():
         given = getattr(args, name)
+        flag = f"--{name.replace('_', '-')}"
         if given is None:
             setattr(args, name, saved.get(name, default))
         elif name in saved and saved[name] != given:
-            print(f"note: --{name.replace('_', '-')} {given} differs from the checkpoint's {saved[name]}: "
-                  "the resumed run will not match an uninterrupted one")
+            if name in FIXED_ON_RESUME:
+                raise CLIError(f"{flag} {given} differs from the checkpoint's {saved[name]} and cannot change on "
+                               f"--resume: {FIXED_ON_RESUME[name]}")
+            print(f"note: {flag} changes from {saved[name]} to {given} from the resumed step on")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -119,7 +142,20 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--mlm-probability must be between 0 and 1, got {args.mlm_probability}")
 
 
-def read_index(data_dir: str | Path) -> dict[str, Any]:
+def read_index(data_dirs: str | Path | list) -> dict[str, Any]:
+    """The index.json of the (first) prepared folder; several folders must share tokenizer and length."""
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    indexes = [_read_one_index(d) for d in dirs]
+    first = indexes[0]
+    for folder, index in zip(dirs[1:], indexes[1:], strict=True):
+        for key in ("tokenizer_sha256", "max_length", "vocab_size"):
+            if index.get(key) != first.get(key):
+                raise CLIError(f"{folder}: {key} {index.get(key)!r} differs from {dirs[0]}'s {first.get(key)!r}; "
+                               "prepare every --data folder with the same tokenizer and --max-length")
+    return first
+
+
+def _read_one_index(data_dir: str | Path) -> dict[str, Any]:
     path = Path(data_dir) / INDEX_FILENAME
     if not path.is_file():
         raise CLIError(f"{path}: not found; make the data folder with `pocketbert prepare`")
@@ -165,23 +201,55 @@ def build_config(args: argparse.Namespace, index: dict[str, Any]):  # noqa: ANN2
     return config
 
 
+def read_init(path: str | Path, index: dict[str, Any]):  # noqa: ANN201 - model.checkpoint.Weights
+    """The weights --init starts from, checked against the data's vocabulary and tokenizer."""
+    from model.checkpoint import read_weights
+
+    try:
+        weights = read_weights(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    if weights.kind != "pretraining":
+        raise CLIError(f"{path}: a {weights.kind} model; --init needs a pretraining model.pt or checkpoint.pt")
+    if weights.config.vocab_size != int(index["vocab_size"]):
+        raise CLIError(f"{path}: vocabulary {weights.config.vocab_size}, the data's tokenizer has {index['vocab_size']}")
+    recorded = weights.metadata.get("tokenizer_sha256")
+    if recorded and index.get("tokenizer_sha256") and recorded != index["tokenizer_sha256"]:
+        raise CLIError(f"{path}: trained with another tokenizer than the data's (sha256 differs)")
+    if weights.config.max_position_embeddings < int(index["max_length"]):
+        raise CLIError(f"{path}: {weights.config.max_position_embeddings} positions < data max_length "
+                       f"{index['max_length']}")
+    return weights
+
+
 # --------------------------------------------------------------------------------------------------
 # data order: a pure function of (seed, epoch, rank) so a checkpoint only needs (epoch, batch index)
 # --------------------------------------------------------------------------------------------------
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1):
+def epoch_batches(sizes: int | list[int], batch_size: int, seed: int, epoch: int, rank: int = 0,
+                  world_size: int = 1):
     """The micro-batches (tensors of example indices) this rank reads in `epoch`.
 
     One permutation per epoch, dealt round-robin to the ranks and cut to equal lengths, so every rank
     takes the same number of steps (DDP needs that) and together they read each example once.
+    With several data folders (`sizes` = their instance counts, concatenated in that order) each folder
+    is cut into batches of its own and the batches are then shuffled together: a batch never mixes
+    folders, so a batch of short in-domain reviews stays short instead of padding to Wikipedia's length.
     """
     import torch
 
     from training.runtime import derived_generator
 
-    perm = torch.randperm(num_examples, generator=derived_generator(seed, epoch))
-    per_rank = num_examples // world_size
-    mine = perm[rank::world_size][:per_rank]
-    return list(mine[: (per_rank // batch_size) * batch_size].split(batch_size))
+    generator = derived_generator(seed, epoch)
+    batches, offset = [], 0
+    for size in [sizes] if isinstance(sizes, int) else sizes:
+        perm = torch.randperm(size, generator=generator) + offset
+        per_rank = size // world_size
+        mine = perm[rank::world_size][:per_rank]
+        batches.extend(mine[: (per_rank // batch_size) * batch_size].split(batch_size))
+        offset += size
+    if not isinstance(sizes, int) and len(sizes) > 1:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
 
 
 @dataclass
@@ -206,7 +274,8 @@ class BatchStream:
         self._batches = self._epoch(position.epoch)
 
     def _epoch(self, epoch: int) -> list:
-        batches = epoch_batches(len(self.dataset), self.batch_size, self.seed, epoch, self.rank, self.world_size)
+        sizes = [len(d) for d in self.dataset.datasets] if hasattr(self.dataset, "datasets") else len(self.dataset)
+        batches = epoch_batches(sizes, self.batch_size, self.seed, epoch, self.rank, self.world_size)
         if not batches:
             raise CLIError(
                 f"the train split has {len(self.dataset)} examples: too few for one batch of "
@@ -245,14 +314,22 @@ class Trainer:
         self.out = Path(args.out)
         self.index = read_index(args.data)
         self.state_path = self.out / STATE_FILENAME
+        init = None
         if resume_state is not None:
             from model.config import BertConfig
 
             self.config = BertConfig.from_dict(resume_state["config"])
+        elif args.init:
+            init = read_init(args.init, self.index)
+            self.config = init.config
         else:
             self.config = build_config(args, self.index)
+        if args.dropout is not None:
+            self.config.hidden_dropout_prob = self.config.attention_probs_dropout_prob = args.dropout
         seed_everything(args.seed)  # same initial weights on every rank
         self.model = BertForPreTraining(self.config).to(runtime.device)
+        if init is not None:
+            self.model.load_state_dict(init.state)
         self.optimizer = build_optimizer(self.model, args.lr, args.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, args.warmup, args.steps)
         self.step = 0
@@ -264,10 +341,11 @@ class Trainer:
             set_rng_state(self._rank_rng(resume_state))
 
         try:
-            self.train_data = PretrainingDataset(args.data, split="train")
-            self.valid_data = PretrainingDataset(args.data, split="valid")
+            splits = [PretrainingDataset(folder, split="train") for folder in args.data]
+            self.train_data = splits[0] if len(splits) == 1 else torch.utils.data.ConcatDataset(splits)
+            self.valid_data = PretrainingDataset(args.data[0], split="valid")
         except (FileNotFoundError, KeyError, ValueError) as exc:
-            raise CLIError(f"{args.data}: cannot open the prepared data ({exc})") from exc
+            raise CLIError(f"{' '.join(args.data)}: cannot open the prepared data ({exc})") from exc
         self.stream = BatchStream(self.train_data, args.batch_size, args.seed, runtime.rank,
                                   runtime.world_size, self.position)
 
@@ -298,12 +376,31 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
+        self._apply_schedule_options()
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.position = DataPosition(**state["position"])
         self.last_valid = dict(state.get("valid", {}))
         if self.rt.is_main:
             print(f"resuming from {self.state_path} at step {self.step} "
                   f"(epoch {self.position.epoch}, batch {self.position.batch})")
+
+    def _apply_schedule_options(self) -> None:
+        """Make --lr / --warmup / --steps / --weight-decay given on --resume take effect.
+
+        Loading the optimiser and scheduler states brings back the values they were built with (the
+        peak lr in `initial_lr` / `base_lrs`, the decay in each group); set them from this run's options
+        and recompute the current lr from the schedule at the resumed step. With unchanged options this
+        changes nothing, so an ordinary resume stays exact.
+        """
+        from training.optim import warmup_linear_decay
+
+        self.scheduler.base_lrs = [self.args.lr for _ in self.optimizer.param_groups]
+        factor = warmup_linear_decay(self.step, self.args.warmup, self.args.steps)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.args.lr
+            group["lr"] = self.args.lr * factor
+        self.optimizer.param_groups[0]["weight_decay"] = self.args.weight_decay  # the matrices (optim.param_groups)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _rank_rng(self, state: dict) -> dict:
         """This rank's RNG state; a run resumed with a different process count re-derives one."""
@@ -344,6 +441,7 @@ class Trainer:
             "world_size": self.rt.world_size,
             "valid": self.last_valid,
             "rank_weight_sha256": digests,
+            "metadata": self._model_metadata(),
         })
         save_model(self.out / "model.pt", self.model, self._model_metadata())
         self.config.to_json(self.out / "config.json")
@@ -378,7 +476,7 @@ class Trainer:
             "tokenizer_sha256": self.index.get("tokenizer_sha256"),
             "tokenizer": self.index.get("args", {}).get("tokenizer"),
             "max_length": self.index.get("max_length"),
-            "data": str(Path(self.args.data).resolve()),
+            "data": [str(Path(folder).resolve()) for folder in self.args.data],
             "seed": self.args.seed,
         }
 
@@ -420,7 +518,7 @@ class Trainer:
 
         recorded = {"tokenizer": self.index.get("args", {}).get("tokenizer"),
                     "tokenizer_sha256": self.index.get("tokenizer_sha256")}
-        tokenizer = resolve_tokenizer(self.args.tokenizer, recorded, f"{self.args.data}/{INDEX_FILENAME}")
+        tokenizer = resolve_tokenizer(self.args.tokenizer, recorded, f"{self.args.data[0]}/{INDEX_FILENAME}")
         return word_start_table(tokenizer)
 
     def _mask(self, batch: dict, generator) -> tuple:  # noqa: ANN001
@@ -469,12 +567,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """MLM and NSP loss and accuracy over the first --eval-batches batches of the valid split.
 
-        The masks come from a fixed generator, so every evaluation scores the same masked positions.
+        The masks come from a fixed generator with BERT's standard masking (15% of single pieces), so
+        every evaluation of every run scores the same masked positions, whatever its training masking.
         """
         import torch
 
         from model.bert import IGNORE_INDEX
         from training.dataset import collate
+        from training.masking import mask_tokens
         from training.runtime import derived_generator
 
         self.model.eval()
@@ -484,7 +584,9 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             for b in range(num_batches):
                 batch = collate([self.valid_data[i] for i in range(b * bs, min((b + 1) * bs, len(self.valid_data)))])
-                masked_ids, labels = self._mask(batch, derived_generator(EVAL_MASK_SEED, b))
+                masked_ids, labels = mask_tokens(batch["input_ids"], self.config.vocab_size,
+                                                 generator=derived_generator(EVAL_MASK_SEED, b),
+                                                 mlm_probability=EVAL_MLM_PROBABILITY)
                 nsp = batch["next_sentence_label"].to(dev).reshape(-1)
                 out = self.model(masked_ids.to(dev), batch["token_type_ids"].to(dev), batch["attention_mask"].to(dev),
                                  labels=labels.to(dev), next_sentence_label=nsp, sparse_mlm=True)

@@ -38,6 +38,30 @@ class LabeledTexts:
         return max(counts) / len(self.labels)
 
 
+def split_dev(data: LabeledTexts, fraction: float, seed: int = 0) -> tuple[LabeledTexts, LabeledTexts]:
+    """Carve a dev split from training data: a reproducible random `fraction` of the rows.
+
+    The same file, fraction and seed always give the same split, so every run of a study (and the
+    in-domain pretraining text, which must leave the dev rows out) agrees on which rows are dev.
+    """
+    import random
+
+    if not 0 < fraction < 1:
+        raise CLIError(f"the dev fraction must be between 0 and 1, got {fraction}")
+    n_dev = max(1, round(len(data) * fraction))
+    if n_dev >= len(data):
+        raise CLIError(f"{data.path}: {len(data)} examples are too few to carve a dev split of {fraction}")
+    dev_rows = set(random.Random(seed).sample(range(len(data)), n_dev))
+
+    def pick(keep_dev: bool) -> LabeledTexts:
+        rows = [i for i in range(len(data)) if (i in dev_rows) == keep_dev]
+        return LabeledTexts([data.texts[i] for i in rows], [data.labels[i] for i in rows], data.label_names,
+                            f"{data.path} ({'dev' if keep_dev else 'train'} part, fraction {fraction}, seed {seed})",
+                            0 if keep_dev else data.skipped)
+
+    return pick(False), pick(True)
+
+
 def _numbered_rows(path: str | Path, expected_header: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
     """(line number, tab-separated fields) after checking the header; quotes are kept as they are."""
     lines = iter_lines([path])
