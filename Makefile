@@ -19,8 +19,9 @@ serve: install  ## start the web API on the bundled model(s) at http://127.0.0.1
 		"make one with 'pocketbert export' (see README) or set BUNDLES=DIR; /readyz reports what is missing"
 	$(BIN)/pocketbert serve --bundles $(BUNDLES)
 
-test: install  ## lint, then the whole test suite
+test: install  ## lint (ruff check + ruff format --check), then the whole test suite
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: install

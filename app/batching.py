@@ -250,8 +250,12 @@ class DynamicBatcher(Generic[T, R]):
             results = self.run_batch(chunk)
             seconds = time.perf_counter() - began
             if len(results) != len(chunk):
-                raise RuntimeError(f"{self.name}: engine returned {len(results)} results for {len(chunk)} inputs")
-            self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
+                raise RuntimeError(
+                    f"{self.name}: engine returned {len(results)} results for {len(chunk)} inputs"
+                )
+            self._batch_seconds = (
+                seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
+            )
             self.stats.on_batch(len(chunk), seconds)
             out.extend(results)
         return out

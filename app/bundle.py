@@ -36,7 +36,9 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         raise BundleError(f"bundle {bundle_dir}: no such folder")
     path = bundle_dir / MANIFEST
     if not path.is_file():
-        raise BundleError(f"bundle {bundle_dir}: missing file {MANIFEST} (not a bundle written by `pocketbert export`)")
+        raise BundleError(
+            f"bundle {bundle_dir}: missing file {MANIFEST} (not a bundle written by `pocketbert export`)"
+        )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

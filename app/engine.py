@@ -5,7 +5,8 @@ web layer batches concurrent requests itself. Padding is masked out inside the m
 a text does not depend on what else is in the batch (beyond float noise).
 
 Graphs of a bundle (see training/export.py):
-    pretraining.onnx  input_ids, token_type_ids, attention_mask, masked_positions (B, P) -> mlm_logits (B, P, V),
+    pretraining.onnx  input_ids, token_type_ids, attention_mask, masked_positions (B, P)
+                      -> mlm_logits (B, P, V),
                       nsp_logits (B, 2). The V-wide decoder runs only at masked_positions.
     classifier.onnx   input_ids, token_type_ids, attention_mask -> logits (B, num_labels)
     attention.onnx    input_ids, token_type_ids, attention_mask -> attentions (L, B, heads, T, T), fp32 and
@@ -81,8 +82,11 @@ class Engine:
         """
         folder = Path(folder)
         names = {
-            "tokenizer": TOKENIZER_FILE, "pretraining": PRETRAINING_FILE,
-            "classifier": CLASSIFIER_FILE, "attention": ATTENTION_FILE, **(files or {}),
+            "tokenizer": TOKENIZER_FILE,
+            "pretraining": PRETRAINING_FILE,
+            "classifier": CLASSIFIER_FILE,
+            "attention": ATTENTION_FILE,
+            **(files or {}),
         }
         self.folder = folder
         self.info = info
@@ -109,7 +113,9 @@ class Engine:
         """The project's one tokenizer, truncated to the bundle's max_length, padded to the longest text."""
         return self.tokenizer.encode_batch(list(texts), text_pairs, max_length=self.max_length)
 
-    def run_pretraining(self, batch: BatchEncoding, masked_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_pretraining(
+        self, batch: BatchEncoding, masked_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(mlm_logits (B, P, V) at masked_positions, nsp_logits (B, 2))."""
         feeds = {**batch.as_dict(), "masked_positions": masked_positions.astype(np.int64)}
         mlm_logits, nsp_logits = self.pretraining.run(["mlm_logits", "nsp_logits"], feeds)
@@ -155,7 +161,9 @@ class Engine:
 
     def _predictions(self, ids: np.ndarray, position: int, probs: np.ndarray, top_k: int) -> list[dict]:
         # argpartition finds the top_k of the V scores in O(V); only those k are then sorted.
-        candidates = np.argpartition(-probs, top_k - 1)[:top_k] if top_k < probs.size else np.arange(probs.size)
+        candidates = (
+            np.argpartition(-probs, top_k - 1)[:top_k] if top_k < probs.size else np.arange(probs.size)
+        )
         best = candidates[np.lexsort((candidates, -probs[candidates]))]  # by score, ties by id
         out = []
         for token in best:
@@ -163,12 +171,14 @@ class Engine:
             filled[position] = token
             # As Hugging Face's pipeline: the text with this mask filled; other masks stay visible.
             kept = [int(t) for t in filled if t not in _FRAME_IDS]
-            out.append({
-                "score": float(probs[token]),
-                "token": int(token),
-                "token_str": self.tokenizer.decode([int(token)], skip_special_tokens=False),
-                "sequence": self.tokenizer.decode(kept, skip_special_tokens=False),
-            })
+            out.append(
+                {
+                    "score": float(probs[token]),
+                    "token": int(token),
+                    "token_str": self.tokenizer.decode([int(token)], skip_special_tokens=False),
+                    "sequence": self.tokenizer.decode(kept, skip_special_tokens=False),
+                }
+            )
         return out
 
     def next_sentence(self, pairs: list[tuple[str, str]]) -> list[dict]:
@@ -195,7 +205,7 @@ class Engine:
         return results
 
     def attention(self, text: str) -> dict:
-        """{"tokens": [str] (T), "attentions": [layer][head][T][T]} for one text, from the pretraining encoder."""
+        """{"tokens": [str] (T), "attentions": [layer][head][T][T]} for one text (the pretraining encoder)."""
         batch = self.encode([text])
         (attentions,) = self.attention_session.run(["attentions"], batch.as_dict())  # (L, 1, nh, T, T)
         tokens = [self.tokenizer.id_to_token(int(i)) for i in batch.input_ids[0]]

@@ -66,7 +66,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "other")
+            endpoint = getattr(route, "path", None) or (
+                "/static" if scope["path"].startswith("/static/") else "other"
+            )
             labels = {"endpoint": endpoint, "method": scope["method"], "status": str(status)}
             self.metrics.requests.inc(**labels)
             self.metrics.latency.observe(time.perf_counter() - began, **labels)
@@ -122,7 +124,7 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
 
     app = FastAPI(
         title="pocketbert",
-        summary="A tiny BERT, served: fill-mask, next-sentence prediction, classification and attention maps.",
+        summary="A tiny BERT, served: fill-mask, next-sentence prediction, classification, attention maps.",
         description=(
             "Requests for the same model and task arriving together are run as one batch (dynamic "
             "batching). Bad input is answered 422 naming the field; a full queue 503 with Retry-After; "
@@ -134,13 +136,19 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
     app.state.service = service
     _add_error_handlers(app)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # --- tasks -------------------------------------------------------------------------------------
-    @app.post("/fill-mask", response_model=schemas.FillMaskResponse, responses=ERROR_RESPONSES, tags=["tasks"])
+    @app.post(
+        "/fill-mask", response_model=schemas.FillMaskResponse, responses=ERROR_RESPONSES, tags=["tasks"]
+    )
     async def fill_mask(body: schemas.FillMaskRequest, request: Request) -> dict[str, Any]:
         """Predict the token behind each [MASK], like Hugging Face's fill-mask pipeline."""
         model = service.model(body.model)
@@ -149,16 +157,21 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
         results = await service.run(request, model.fill_mask(texts, body.top_k, service.timeout))
         return {"model": model.name, "results": [masks[0] if len(masks) == 1 else masks for masks in results]}
 
-    @app.post("/next-sentence", response_model=schemas.NextSentenceResponse, responses=ERROR_RESPONSES,
-              tags=["tasks"])
+    @app.post(
+        "/next-sentence",
+        response_model=schemas.NextSentenceResponse,
+        responses=ERROR_RESPONSES,
+        tags=["tasks"],
+    )
     async def next_sentence(body: schemas.NextSentenceRequest, request: Request) -> dict[str, Any]:
         """Probability that `second` follows `first`, per pair (BERT's next-sentence-prediction head)."""
         model = service.model(body.model)
         pairs = body.pair_list
         service.check_texts([p.first for p in pairs], "pairs")
         service.check_texts([p.second for p in pairs], "pairs")
-        results = await service.run(request, model.next_sentence([(p.first, p.second) for p in pairs],
-                                                                  service.timeout))
+        results = await service.run(
+            request, model.next_sentence([(p.first, p.second) for p in pairs], service.timeout)
+        )
         return {"model": model.name, "results": results}
 
     @app.post("/classify", response_model=schemas.ClassifyResponse, responses=ERROR_RESPONSES, tags=["tasks"])
@@ -170,15 +183,22 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
         results = await service.run(request, model.classify(texts, body.top_k, service.timeout))
         return {"model": model.name, "results": results}
 
-    @app.post("/attention", response_model=schemas.AttentionResponse, responses=ERROR_RESPONSES, tags=["tasks"])
+    @app.post(
+        "/attention", response_model=schemas.AttentionResponse, responses=ERROR_RESPONSES, tags=["tasks"]
+    )
     async def attention(body: schemas.AttentionRequest, request: Request) -> dict[str, Any]:
         """Every layer's and head's attention matrix over the tokens of one text."""
         model = service.model(body.model)
         service.check_texts([body.text], "text")
         result = await service.run(request, model.attention(body.text, service.timeout))
         maps = result["attentions"]
-        return {"model": model.name, "tokens": result["tokens"], "num_layers": len(maps),
-                "num_heads": len(maps[0]) if maps else 0, "attentions": maps}
+        return {
+            "model": model.name,
+            "tokens": result["tokens"],
+            "num_layers": len(maps),
+            "num_heads": len(maps[0]) if maps else 0,
+            "attentions": maps,
+        }
 
     # --- service -----------------------------------------------------------------------------------
     @app.get("/healthz", response_model=schemas.HealthResponse, tags=["service"])
@@ -186,8 +206,12 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
         """The process is alive and serving HTTP (models may still be loading)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=schemas.ReadyResponse, tags=["service"],
-             responses={503: {"model": schemas.ReadyResponse, "description": "Loading, or a bundle failed."}})
+    @app.get(
+        "/readyz",
+        response_model=schemas.ReadyResponse,
+        tags=["service"],
+        responses={503: {"model": schemas.ReadyResponse, "description": "Loading, or a bundle failed."}},
+    )
     async def readyz() -> Any:
         """Every configured bundle is loaded and has run a warm-up inference."""
         status = "ready" if service.ready else ("failed" if service.loaded and service.errors else "loading")
@@ -203,8 +227,10 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
     async def models() -> dict[str, Any]:
         """The loaded models with their configuration and training metrics."""
         registry = service.registry
-        return {"default": registry.default,
-                "models": [m.describe(m.name == registry.default) for _, m in sorted(registry.models.items())]}
+        return {
+            "default": registry.default,
+            "models": [m.describe(m.name == registry.default) for _, m in sorted(registry.models.items())],
+        }
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

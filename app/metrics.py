@@ -106,7 +106,11 @@ class Histogram(_Metric):
     kind = "histogram"
 
     def __init__(
-        self, name: str, help_text: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> None:
         super().__init__(name, help_text, labelnames)
         self.buckets = tuple(sorted(buckets))
@@ -195,8 +199,14 @@ class ServiceMetrics:
             ("model", "task"),
         )
         self.registry = Registry()
-        for metric in (self.requests, self.latency, self.batch_size, self.batch_latency, self.queue_depth,
-                       self.rejected):
+        for metric in (
+            self.requests,
+            self.latency,
+            self.batch_size,
+            self.batch_latency,
+            self.queue_depth,
+            self.rejected,
+        ):
             self.registry.register(metric)
 
     def render(self) -> str:

@@ -148,7 +148,12 @@ def batch_runners(engine: EngineLike) -> dict[str, Callable[[list[Any]], list[An
     def attention(texts: list[str]) -> list[dict]:
         return [engine.attention(t) for t in texts]
 
-    return {"fill-mask": fill_mask, "next-sentence": next_sentence, "classify": classify, "attention": attention}
+    return {
+        "fill-mask": fill_mask,
+        "next-sentence": next_sentence,
+        "classify": classify,
+        "attention": attention,
+    }
 
 
 class ModelRegistry:

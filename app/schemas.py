@@ -46,7 +46,8 @@ class _TextsRequest(BaseModel):
 
 MODEL_FIELD = Field(
     None,
-    description="Name of the model (bundle) to use, as listed by GET /v1/models; default: the server's default.",
+    description="Name of the model (bundle) to use, as listed by GET /v1/models; "
+    "default: the server's default model.",
     examples=["en"],
 )
 
@@ -72,7 +73,9 @@ class FillMaskPrediction(BaseModel):
     score: float = Field(description="Probability of this token at the mask.", examples=[0.42])
     token: int = Field(description="Vocabulary id of the token.", examples=[1234])
     token_str: str = Field(description="The token as text.", examples=["▁paris"])
-    sequence: str = Field(description="The input with this mask filled in.", examples=["the capital of france is paris."])
+    sequence: str = Field(
+        description="The input with this mask filled in.", examples=["the capital of france is paris."]
+    )
 
 
 class FillMaskResponse(BaseModel):
@@ -82,8 +85,18 @@ class FillMaskResponse(BaseModel):
             "One entry per input, in order: the top_k predictions of its [MASK] or, when the text holds "
             "several masks, one such list per mask in order."
         ),
-        examples=[[[{"score": 0.42, "token": 1234, "token_str": "▁paris",
-                     "sequence": "the capital of france is paris."}]]],
+        examples=[
+            [
+                [
+                    {
+                        "score": 0.42,
+                        "token": 1234,
+                        "token_str": "▁paris",
+                        "sequence": "the capital of france is paris.",
+                    }
+                ]
+            ]
+        ],
     )
 
 
@@ -103,7 +116,9 @@ class SentencePair(BaseModel):
 class NextSentenceRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"pairs": [{"first": "I went to the store.", "second": "I bought some milk."}]}]},
+        json_schema_extra={
+            "examples": [{"pairs": [{"first": "I went to the store.", "second": "I bought some milk."}]}]
+        },
     )
 
     pairs: SentencePair | list[SentencePair] = Field(
@@ -127,7 +142,9 @@ class NextSentenceRequest(BaseModel):
 
 
 class NextSentenceResult(BaseModel):
-    is_next: bool = Field(description="Whether `second` is judged to follow `first` (score >= 0.5).", examples=[True])
+    is_next: bool = Field(
+        description="Whether `second` is judged to follow `first` (score >= 0.5).", examples=[True]
+    )
     score: float = Field(description="Probability that `second` follows `first`.", examples=[0.93])
 
 
@@ -147,8 +164,11 @@ class ClassifyRequest(_TextsRequest):
         examples=["A wonderful, moving film.", ["A wonderful, moving film.", "Dull and far too long."]],
     )
     top_k: int | None = Field(
-        None, ge=1, le=MAX_TOP_K,
-        description="Labels returned per text, best first; default: all of the model's labels.", examples=[1],
+        None,
+        ge=1,
+        le=MAX_TOP_K,
+        description="Labels returned per text, best first; default: all of the model's labels.",
+        examples=[1],
     )
     model: str | None = MODEL_FIELD
 
@@ -168,9 +188,13 @@ class ClassifyResponse(BaseModel):
 
 # --- attention ------------------------------------------------------------------------------------------
 class AttentionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "The cat sat on the mat."}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "The cat sat on the mat."}]}
+    )
 
-    text: str = Field(description="One text whose attention maps to return.", examples=["The cat sat on the mat."])
+    text: str = Field(
+        description="One text whose attention maps to return.", examples=["The cat sat on the mat."]
+    )
     model: str | None = MODEL_FIELD
 
     @field_validator("text")
@@ -207,8 +231,12 @@ class ReadyResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="Name to pass as `model`.", examples=["en"])
     default: bool = Field(description="Whether requests without `model` use it.", examples=[True])
-    tasks: list[str] = Field(description="Endpoints it serves.", examples=[["fill-mask", "next-sentence", "classify"]])
-    max_length: int = Field(description="Longest input in tokens; longer inputs are truncated.", examples=[128])
+    tasks: list[str] = Field(
+        description="Endpoints it serves.", examples=[["fill-mask", "next-sentence", "classify"]]
+    )
+    max_length: int = Field(
+        description="Longest input in tokens; longer inputs are truncated.", examples=[128]
+    )
     labels: list[str] = Field(description="Classifier labels.", examples=[["negative", "positive"]])
     config: dict[str, Any] = Field(description="Model architecture (Hugging Face BertConfig fields).")
     metrics: dict[str, Any] = Field(description="Training and evaluation metrics recorded in the bundle.")

@@ -54,7 +54,9 @@ class Service:
     def __init__(self, settings: Settings, engines: Sequence[EngineLike] | None = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
-        self.executor = ThreadPoolExecutor(max_workers=settings.inference_workers, thread_name_prefix="inference")
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.inference_workers, thread_name_prefix="inference"
+        )
         self.registry = ModelRegistry(settings, self.metrics, self.executor)
         self._preloaded = list(engines or [])
         self.loaded = False  # load attempted and finished (models may still be empty)
@@ -79,10 +81,16 @@ class Service:
             if self.registry.models:
                 await loop.run_in_executor(self.executor, self.registry.warm_up)
             if self.registry.default is None and self.registry.models:
-                self.errors.append(f"default model {self.settings.default_model!r} is not among the loaded models")
+                self.errors.append(
+                    f"default model {self.settings.default_model!r} is not among the loaded models"
+                )
             self.ready = bool(self.registry.models) and not self.errors
             if self.ready:
-                log.info("ready: serving %s (default %s)", ", ".join(sorted(self.registry.models)), self.registry.default)
+                log.info(
+                    "ready: serving %s (default %s)",
+                    ", ".join(sorted(self.registry.models)),
+                    self.registry.default,
+                )
         except Exception as exc:  # a warm-up that crashes means the bundle cannot serve
             log.exception("loading the models failed")
             self.errors.append(f"loading failed: {exc}")
@@ -111,12 +119,16 @@ class Service:
         """The settings' limits on inputs per request and characters per text."""
         if len(texts) > self.settings.max_inputs:
             raise InputError(
-                (field,), f"at most {self.settings.max_inputs} inputs per request, got {len(texts)}", len(texts)
+                (field,),
+                f"at most {self.settings.max_inputs} inputs per request, got {len(texts)}",
+                len(texts),
             )
         limit = self.settings.max_text_chars
         for index, text in enumerate(texts):
             if len(text) > limit:
-                raise InputError((field, index), f"text longer than {limit} characters ({len(text)})", text[:80])
+                raise InputError(
+                    (field, index), f"text longer than {limit} characters ({len(text)})", text[:80]
+                )
 
     async def run(self, request: Request, work: Awaitable[T]) -> T:
         """Await `work` unless the client disconnects first; then cancel it, which frees its queue slot."""

@@ -31,15 +31,19 @@ class Settings(BaseSettings):
 
     bundles: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path("bundles")],
-        description="Bundle folders: each is a bundle (has bundle.json) or a folder of bundles, one per subfolder.",
+        description="Bundle folders: each is a bundle (has bundle.json) or a folder of bundles, one per "
+        "subfolder.",
     )
     default_model: str | None = Field(
         None, description="Model used when a request names none; default: the first bundle by name."
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most sequences run in one inference batch.")
     max_wait_ms: float = Field(
-        2.0, ge=0, le=10_000,
-        description="Longest the oldest queued request waits for a batch to fill before the batch runs anyway.",
+        2.0,
+        ge=0,
+        le=10_000,
+        description="Longest the oldest queued request waits for a batch to fill before the batch runs "
+        "anyway.",
     )
     max_queue: int = Field(
         1024, ge=1, description="Most sequences waiting per (model, task) queue; beyond it requests get 503."
@@ -50,12 +54,16 @@ class Settings(BaseSettings):
     max_inputs: int = Field(64, ge=1, description="Most texts (or pairs) in one request.")
     max_text_chars: int = Field(4000, ge=1, description="Most characters in one text.")
     ort_threads: int | None = Field(
-        None, ge=1,
-        description="onnxruntime intra-op threads per model; default: CPU cores - 1 (at least 1), leaving one "
-                    "core to the event loop, which parses HTTP and forms the next batch while one runs.",
+        None,
+        ge=1,
+        description="onnxruntime intra-op threads per model; default: CPU cores - 1 (at least 1), "
+        "leaving one "
+        "core to the event loop, which parses HTTP and forms the next batch while one runs.",
     )
     inference_workers: int = Field(
-        1, ge=1, le=64,
+        1,
+        ge=1,
+        le=64,
         description="Threads that run batches; 1 runs one batch at a time, which suits a CPU-bound engine.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(

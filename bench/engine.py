@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine import Engine  # noqa: E402
-from model.bert import BertForPreTraining, BertForSequenceClassification  # noqa: E402
-from model.checkpoint import load_model, save_model  # noqa: E402
-from model.config import BertConfig  # noqa: E402
-from model.tokenizer import BatchEncoding, Tokenizer  # noqa: E402
-from training.export import export_bundle  # noqa: E402
+from app.engine import Engine
+from model.bert import BertForPreTraining, BertForSequenceClassification
+from model.checkpoint import load_model, save_model
+from model.config import BertConfig
+from model.tokenizer import BatchEncoding, Tokenizer
+from training.export import export_bundle
 
 SEQ_LEN = 64
 BATCHES = (1, 32)
@@ -46,8 +46,10 @@ def synthetic_text(path: Path, lines: int, seed: int) -> Path:
     rng = random.Random(seed)
     syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["an", "el", "is", "or", "ut"]
     words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(30000)]
-    path.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(6, 20))) + "." for _ in range(lines)) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\n".join(" ".join(rng.choices(words, k=rng.randint(6, 20))) + "." for _ in range(lines)) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -60,7 +62,9 @@ def prepare_models(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Pa
         from training.tokenizer_train import train_tokenizer
 
         tokenizer_dir = work / "tokenizer"
-        train_tokenizer([synthetic_text(work / "corpus.txt", 40000, seed=0)], tokenizer_dir, vocab_size=args.vocab_size)
+        train_tokenizer(
+            [synthetic_text(work / "corpus.txt", 40000, seed=0)], tokenizer_dir, vocab_size=args.vocab_size
+        )
     if args.checkpoint and args.classifier:
         return Path(args.checkpoint), Path(args.classifier), tokenizer_dir, held_out
     vocab_size = Tokenizer(tokenizer_dir).vocab_size
@@ -88,7 +92,9 @@ def make_inputs(batch_size: int, vocab_size: int, seed: int) -> tuple[BatchEncod
     return batch, np.full((batch_size, 1), MASK_POSITION, dtype=np.int64)
 
 
-def measure(fns: dict[Any, Callable[[], object]], batch_size: int, rounds: int, min_seconds: float) -> dict[Any, float]:
+def measure(
+    fns: dict[Any, Callable[[], object]], batch_size: int, rounds: int, min_seconds: float
+) -> dict[Any, float]:
     """Median sequences/s per function over interleaved rounds (each round: every fn for >= min_seconds).
 
     Interleaving spreads slow periods of a shared machine over all backends instead of one of them.
@@ -109,7 +115,9 @@ def measure(fns: dict[Any, Callable[[], object]], batch_size: int, rounds: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="pretraining checkpoint (default: random weights)")
-    parser.add_argument("--classifier", help="classifier checkpoint (default: the pretraining encoder + a random head)")
+    parser.add_argument(
+        "--classifier", help="classifier checkpoint (default: the pretraining encoder + a random head)"
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder (default: trained on synthetic text)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary of the synthetic tokenizer")
     parser.add_argument("--eval-text", help="held-out sentences for the INT8 fill-mask agreement check")
@@ -128,34 +136,50 @@ def main() -> int:
         print(f"[bench] exporting bundles from {pre_path.name}, {cls_path.name}", file=sys.stderr)
         common = dict(max_length=128, threads=args.threads)
         export_bundle(pre_path, cls_path, tokenizer_dir, work / "fp32", **common)
-        int8_info = export_bundle(pre_path, cls_path, tokenizer_dir, work / "int8", quantize="int8", optimize=True,
-                                  eval_text=held_out, eval_dev=args.eval_dev,
-                                  eval_task=args.eval_task, eval_limit=args.eval_limit, **common)
+        int8_info = export_bundle(
+            pre_path,
+            cls_path,
+            tokenizer_dir,
+            work / "int8",
+            quantize="int8",
+            optimize=True,
+            eval_text=held_out,
+            eval_dev=args.eval_dev,
+            eval_task=args.eval_task,
+            eval_limit=args.eval_limit,
+            **common,
+        )
         engines = {name: Engine.load(work / name, intra_op_threads=args.threads) for name in ("fp32", "int8")}
         pretraining, _ = load_model(pre_path)
         classifier, _ = load_model(cls_path)
         vocab_size = pretraining.config.vocab_size
         e32, e8 = engines["fp32"], engines["int8"]
 
-        report: dict = {"bench": "engine", "threads": args.threads, "seq_len": SEQ_LEN,
-                        "model": {k: pretraining.config.to_dict()[k] for k in
-                                  ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")},
-                        "torch_attention": pretraining.config.attn_implementation}
+        report: dict = {
+            "bench": "engine",
+            "threads": args.threads,
+            "seq_len": SEQ_LEN,
+            "model": {
+                k: pretraining.config.to_dict()[k]
+                for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+            },
+            "torch_attention": pretraining.config.attn_implementation,
+        }
         for batch_size in BATCHES:
             batch, positions = make_inputs(batch_size, vocab_size, seed=batch_size)
             tensors = {k: torch.from_numpy(v) for k, v in batch.as_dict().items()}
             torch_positions = torch.from_numpy(positions)
             all_positions = np.tile(np.arange(SEQ_LEN, dtype=np.int64), (batch_size, 1))
 
-            def torch_classify(t=tensors) -> object:  # noqa: ANN001
+            def torch_classify(t=tensors) -> object:
                 with torch.inference_mode():
                     return classifier(**t).logits
 
-            def torch_fill_mask(t=tensors, p=torch_positions) -> object:  # noqa: ANN001
+            def torch_fill_mask(t=tensors, p=torch_positions) -> object:
                 with torch.inference_mode():
                     return pretraining(**t, masked_positions=p).mlm_logits
 
-            def torch_full_logits(t=tensors) -> object:  # noqa: ANN001
+            def torch_full_logits(t=tensors) -> object:
                 with torch.inference_mode():
                     return pretraining(**t).mlm_logits
 
@@ -168,8 +192,12 @@ def main() -> int:
                 ("fill_mask", "engine_int8_opt"): lambda b=batch, p=positions: e8.run_pretraining(b, p),
                 ("fill_mask", "torch_eager"): torch_fill_mask,
                 # the same graphs asked for all T positions: what a full (B, T, V) MLM output would cost
-                ("fill_mask_full_logits", "engine_fp32"): lambda b=batch, p=all_positions: e32.run_pretraining(b, p),
-                ("fill_mask_full_logits", "engine_int8_opt"): lambda b=batch, p=all_positions: e8.run_pretraining(b, p),
+                ("fill_mask_full_logits", "engine_fp32"): lambda b=batch, p=all_positions: (
+                    e32.run_pretraining(b, p)
+                ),
+                ("fill_mask_full_logits", "engine_int8_opt"): lambda b=batch, p=all_positions: (
+                    e8.run_pretraining(b, p)
+                ),
                 ("fill_mask_full_logits", "torch_eager"): torch_full_logits,
             }
             timings: dict[str, dict[str, float]] = {}
@@ -178,14 +206,18 @@ def main() -> int:
             report[f"b{batch_size}"] = timings
         for batch_size in BATCHES:
             row = report[f"b{batch_size}"]
-            report[f"ratio_b{batch_size}"] = round(row["classify"]["engine_int8_opt"] / row["classify"]["torch_eager"], 2)
+            report[f"ratio_b{batch_size}"] = round(
+                row["classify"]["engine_int8_opt"] / row["classify"]["torch_eager"], 2
+            )
         for batch_size in BATCHES:
             row = report[f"b{batch_size}"]
             report[f"ratio_b{batch_size}_fill_mask"] = round(
-                row["fill_mask"]["engine_int8_opt"] / row["fill_mask"]["torch_eager"], 2)
+                row["fill_mask"]["engine_int8_opt"] / row["fill_mask"]["torch_eager"], 2
+            )
             for backend in ("engine_fp32", "engine_int8_opt"):  # masked positions only vs all T positions
                 report[f"mlm_fast_path_speedup_b{batch_size}_{backend}"] = round(
-                    row["fill_mask"][backend] / row["fill_mask_full_logits"][backend], 2)
+                    row["fill_mask"][backend] / row["fill_mask_full_logits"][backend], 2
+                )
         report["ratios_refer_to"] = "classify path (ratio_b*_fill_mask: fill-mask path)"
         report["fusions"] = int8_info["export"]["fusions"]
         report["int8_checks"] = int8_info["checks"]["int8"]

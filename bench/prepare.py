@@ -51,7 +51,8 @@ SHORT_SEQ_PROB = 0.1
 
 REFERENCE_SCRIPT = r"""
 import json, sys, time
-model_file, input_file, max_length, short_seq_prob = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+model_file, input_file = sys.argv[1], sys.argv[2]
+max_length, short_seq_prob = int(sys.argv[3]), float(sys.argv[4])
 from transformers import AlbertTokenizer, TextDatasetForNextSentencePrediction
 from transformers.utils import logging
 logging.set_verbosity_error()
@@ -115,7 +116,9 @@ def run_measured(cmd: list[str], label: str) -> dict:
 
 
 def write_slice(source: Path, target: Path, max_mb: float, repeat: int = 1) -> float:
-    """The first max_mb MB of source (gz or plain), cut at a blank line, written `repeat` times; MB written."""
+    """The first max_mb MB of source (gz or plain), cut at a blank line, written `repeat` times.
+
+    Returns the MB written."""
     limit = int(max_mb * 2**20)
     opener = gzip.open if source.suffix == ".gz" else open
     lines, size = [], 0

@@ -74,11 +74,21 @@ def build_bundle(work: Path) -> tuple[Path, Path, Path, list[str]]:
     torch.manual_seed(0)
     meta = {"tokenizer_sha256": tokenizer.checksum}
     save_model(work / "pretrained.pt", BertForPreTraining(config).eval(), meta)
-    save_model(work / "classifier.pt", BertForSequenceClassification(config, 2).eval(),
-               {**meta, "label_names": ["negative", "positive"]})
+    save_model(
+        work / "classifier.pt",
+        BertForSequenceClassification(config, 2).eval(),
+        {**meta, "label_names": ["negative", "positive"]},
+    )
     bundle = work / "bundles" / "bench"
-    export_bundle(work / "pretrained.pt", work / "classifier.pt", work / "tokenizer", bundle,
-                  quantize="int8", optimize=True, max_length=128)
+    export_bundle(
+        work / "pretrained.pt",
+        work / "classifier.pt",
+        work / "tokenizer",
+        bundle,
+        quantize="int8",
+        optimize=True,
+        max_length=128,
+    )
     rng = random.Random(1)
     texts = []
     for _ in range(256):
@@ -94,7 +104,7 @@ class NaiveRequest(BaseModel):
     top_k: int = TOP_K
 
 
-def naive_app(checkpoint: str, tokenizer_dir: str, max_length: int = 128):  # noqa: ANN201 - FastAPI
+def naive_app(checkpoint: str, tokenizer_dir: str, max_length: int = 128):
     """FastAPI + PyTorch eager: each request runs its own forward pass (no batching, no ONNX)."""
     import torch
     from fastapi import FastAPI
@@ -107,13 +117,19 @@ def naive_app(checkpoint: str, tokenizer_dir: str, max_length: int = 128):  # no
     app = FastAPI()
 
     @app.post("/fill-mask")
-    def fill_mask(body: NaiveRequest) -> dict:  # a plain def: FastAPI runs it in its thread pool, as tutorials do
+    def fill_mask(
+        body: NaiveRequest,
+    ) -> dict:  # a plain def: FastAPI runs it in its thread pool, as tutorials do
         enc = tokenizer.encode(body.inputs, max_length=max_length)
         ids = torch.tensor([enc.input_ids])
         positions = [i for i, t in enumerate(enc.input_ids) if t == MASK_ID]
         with torch.inference_mode():
-            out = model(ids, torch.tensor([enc.token_type_ids]), torch.ones_like(ids),
-                        masked_positions=torch.tensor([positions]))
+            out = model(
+                ids,
+                torch.tensor([enc.token_type_ids]),
+                torch.ones_like(ids),
+                masked_positions=torch.tensor([positions]),
+            )
             probs = out.mlm_logits.softmax(-1)[0]
         results = []
         for slot, position in enumerate(positions):
@@ -122,16 +138,21 @@ def naive_app(checkpoint: str, tokenizer_dir: str, max_length: int = 128):  # no
             for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
                 filled = list(enc.input_ids)
                 filled[position] = token
-                preds.append({"score": score, "token": token,
-                              "token_str": tokenizer.decode([token], skip_special_tokens=False),
-                              "sequence": tokenizer.decode(filled)})
+                preds.append(
+                    {
+                        "score": score,
+                        "token": token,
+                        "token_str": tokenizer.decode([token], skip_special_tokens=False),
+                        "sequence": tokenizer.decode(filled),
+                    }
+                )
             results.append(preds)
         return {"model": "naive", "results": [results[0] if len(results) == 1 else results]}
 
     return app
 
 
-# --- servers ---------------------------------------------------------------------------------------------------
+# --- servers ------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,9 +170,15 @@ def wait_ready(url: str, limit_s: float = 120.0) -> None:
 
 
 @contextlib.contextmanager
-def server(argv: list[str], env: dict[str, str], ready_url: str):  # noqa: ANN201
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def server(argv: list[str], env: dict[str, str], ready_url: str):
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         try:
             wait_ready(ready_url)
@@ -169,17 +196,20 @@ def server(argv: list[str], env: dict[str, str], ready_url: str):  # noqa: ANN20
                 proc.wait()
 
 
-# --- load generator --------------------------------------------------------------------------------------------
-async def _client(port: int, bodies: list[bytes], start: int, stop_at: float, latencies: list[float],
-                  errors: list[str]) -> None:
+# --- load generator -----------------------------------------------------------------------------------------
+async def _client(
+    port: int, bodies: list[bytes], start: int, stop_at: float, latencies: list[float], errors: list[str]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = start
     try:
         while time.perf_counter() < stop_at:
             body = bodies[i % len(bodies)]
             i += 1
-            request = (b"POST /fill-mask HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            request = (
+                b"POST /fill-mask HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             began = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -203,7 +233,9 @@ async def _load(port: int, bodies: list[bytes], concurrency: int, seconds: float
     errors: list[str] = []
     began = time.perf_counter()
     stop_at = began + seconds
-    await asyncio.gather(*(_client(port, bodies, c * 7, stop_at, latencies, errors) for c in range(concurrency)))
+    await asyncio.gather(
+        *(_client(port, bodies, c * 7, stop_at, latencies, errors) for c in range(concurrency))
+    )
     elapsed = time.perf_counter() - began
     latencies.sort()
     return {
@@ -212,11 +244,13 @@ async def _load(port: int, bodies: list[bytes], concurrency: int, seconds: float
         "errors": len(errors),
         "rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(1000 * statistics.median(latencies), 2) if latencies else None,
-        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2) if latencies else None,
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)
+        if latencies
+        else None,
     }
 
 
-def run_load(port: int, bodies: list[bytes], levels: list[int], seconds: float, on_level=None) -> list[dict]:  # noqa: ANN001
+def run_load(port: int, bodies: list[bytes], levels: list[int], seconds: float, on_level=None) -> list[dict]:
     results = []
     for concurrency in levels:
         before = on_level() if on_level else None
@@ -228,7 +262,7 @@ def run_load(port: int, bodies: list[bytes], levels: list[int], seconds: float, 
     return results
 
 
-def batch_stats(port: int):  # noqa: ANN201
+def batch_stats(port: int):
     """A callable: with no argument, a snapshot of the fill-mask batch histogram's (sum, count); with a
     snapshot, the mean batch size since it (includes the warm-up burst, which runs at the same load)."""
 
@@ -243,18 +277,21 @@ def batch_stats(port: int):  # noqa: ANN201
                 count = float(line.rsplit(" ", 1)[1])
         return total, count
 
-    def call(before: tuple[float, float] | None = None):  # noqa: ANN202
+    def call(before: tuple[float, float] | None = None):
         now = read()
         if before is None:
             return now
         batches = now[1] - before[1]
-        return {"batches": int(batches), "mean_size": round((now[0] - before[0]) / batches, 2) if batches else None}
+        return {
+            "batches": int(batches),
+            "mean_size": round((now[0] - before[0]) / batches, 2) if batches else None,
+        }
 
     return call
 
 
 def uvicorn_flavour() -> str:
-    """What uvicorn's 'auto' picks: httptools + uvloop when installed (uvicorn[standard]), else h11 + asyncio."""
+    """What uvicorn's 'auto' picks: httptools + uvloop when installed (uvicorn[standard]), else h11."""
     import importlib.util
 
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
@@ -262,8 +299,9 @@ def uvicorn_flavour() -> str:
     return f"{http}+{loop}"
 
 
-def engine_throughput(bundle: Path, texts: list[str], batch_size: int, seconds: float,
-                      threads: int | None = None) -> float:
+def engine_throughput(
+    bundle: Path, texts: list[str], batch_size: int, seconds: float, threads: int | None = None
+) -> float:
     """Sequences/s of Engine.fill_mask alone (tokenize, onnxruntime, top-k) at this batch size."""
     from app.engine import Engine
 
@@ -279,15 +317,22 @@ def engine_throughput(bundle: Path, texts: list[str], batch_size: int, seconds: 
     return done * batch_size / (time.perf_counter() - began)
 
 
-# --- main ------------------------------------------------------------------------------------------------------
+# --- main ---------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--ort-threads", type=int, default=None,
-                        help="onnxruntime threads of our server and the bare engine (default: the server's default)")
-    parser.add_argument("--plain-uvicorn", action="store_true",
-                        help="run our server with uvicorn's pure-Python h11 + asyncio instead of httptools + uvloop")
+    parser.add_argument(
+        "--ort-threads",
+        type=int,
+        default=None,
+        help="onnxruntime threads of our server and the bare engine (default: the server's default)",
+    )
+    parser.add_argument(
+        "--plain-uvicorn",
+        action="store_true",
+        help="run our server with uvicorn's pure-Python h11 + asyncio instead of httptools + uvloop",
+    )
     parser.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -297,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.naive_server:
         import uvicorn
 
-        uvicorn.run(naive_app(args.checkpoint, args.tokenizer), host="127.0.0.1", port=args.port, log_level="warning")
+        uvicorn.run(
+            naive_app(args.checkpoint, args.tokenizer), host="127.0.0.1", port=args.port, log_level="warning"
+        )
         return 0
 
     from app.settings import Settings
@@ -313,12 +360,29 @@ def main(argv: list[str] | None = None) -> int:
 
         port = free_port()
         print(f"ours: uvicorn app.main on 127.0.0.1:{port}", flush=True)
-        with server([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                     "--port", str(port), "--log-level", "warning", "--no-access-log",
-                     *(["--http", "h11", "--loop", "asyncio"] if args.plain_uvicorn else [])],
-                    {"POCKETBERT_BUNDLES": str(bundle.parent), "POCKETBERT_LOG_LEVEL": "warning",
-                     **({"POCKETBERT_ORT_THREADS": str(args.ort_threads)} if args.ort_threads else {})},
-                    f"http://127.0.0.1:{port}/readyz"):
+        with server(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                *(["--http", "h11", "--loop", "asyncio"] if args.plain_uvicorn else []),
+            ],
+            {
+                "POCKETBERT_BUNDLES": str(bundle.parent),
+                "POCKETBERT_LOG_LEVEL": "warning",
+                **({"POCKETBERT_ORT_THREADS": str(args.ort_threads)} if args.ort_threads else {}),
+            },
+            f"http://127.0.0.1:{port}/readyz",
+        ):
             ours = run_load(port, bodies, levels, args.seconds, on_level=batch_stats(port))
         # The bare engine right after (other load on the machine drifts), and again at the end: the better
         # of the two is the engine's capacity, which makes engine_fraction the conservative figure.
@@ -328,22 +392,42 @@ def main(argv: list[str] | None = None) -> int:
 
         port = free_port()
         print(f"naive: FastAPI + PyTorch eager on 127.0.0.1:{port}", flush=True)
-        with server([sys.executable, __file__, "--naive-server", "--checkpoint", str(checkpoint),
-                     "--tokenizer", str(tokenizer_dir), "--port", str(port)], {},
-                    f"http://127.0.0.1:{port}/docs"):
+        with server(
+            [
+                sys.executable,
+                __file__,
+                "--naive-server",
+                "--checkpoint",
+                str(checkpoint),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--port",
+                str(port),
+            ],
+            {},
+            f"http://127.0.0.1:{port}/docs",
+        ):
             naive = run_load(port, bodies, levels, args.seconds)
 
         top_naive = naive[-1]
         engine_runs.append(engine_throughput(bundle, texts, batch_size, min(args.seconds, 5.0), threads))
         engine_sps = max(engine_runs)
-        print(f"bare engine: {' and '.join(f'{r:.1f}' for r in engine_runs)} sequences/s at batch size "
-              f"{batch_size}", flush=True)
+        print(
+            f"bare engine: {' and '.join(f'{r:.1f}' for r in engine_runs)} sequences/s at batch size "
+            f"{batch_size}",
+            flush=True,
+        )
 
     c = top["concurrency"]
-    print(f"\n{'':>6} {'ours rps':>9} {'p50 ms':>8} {'p99 ms':>8} | {'naive rps':>9} {'p50 ms':>8} {'p99 ms':>8} | ratio")
+    print(
+        f"\n{'':>6} {'ours rps':>9} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'naive rps':>9} {'p50 ms':>8} {'p99 ms':>8} | ratio"
+    )
     for a, b in zip(ours, naive, strict=True):
-        print(f"c={a['concurrency']:<4} {a['rps']:>9} {a['p50_ms']:>8} {a['p99_ms']:>8} | {b['rps']:>9} "
-              f"{b['p50_ms']:>8} {b['p99_ms']:>8} | {a['rps'] / b['rps']:.2f}x")
+        print(
+            f"c={a['concurrency']:<4} {a['rps']:>9} {a['p50_ms']:>8} {a['p99_ms']:>8} | {b['rps']:>9} "
+            f"{b['p50_ms']:>8} {b['p99_ms']:>8} | {a['rps'] / b['rps']:.2f}x"
+        )
     summary = {
         "bench": "serve",
         f"ratio_c{c}": round(top["rps"] / top_naive["rps"], 2),

@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from model.bert import IGNORE_INDEX, BertForPreTraining  # noqa: E402
-from model.config import BertConfig  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+from model.bert import IGNORE_INDEX, BertForPreTraining
+from model.config import BertConfig
+from training.optim import build_optimizer
 
 BATCH, LENGTH = 32, 128
 
@@ -48,8 +48,13 @@ def make_batch(config: BertConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     input_ids = torch.where(chosen, torch.full_like(input_ids, 6), input_ids)  # [MASK]
     next_sentence_label = torch.randint(0, 2, (BATCH,), generator=g)
-    return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-                labels=labels, next_sentence_label=next_sentence_label)
+    return dict(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        next_sentence_label=next_sentence_label,
+    )
 
 
 def hf_model(config: BertConfig, state_dict: dict) -> torch.nn.Module:
@@ -61,12 +66,20 @@ def hf_model(config: BertConfig, state_dict: dict) -> torch.nn.Module:
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     real_missing = [k for k in missing if "position_ids" not in k and "token_type_ids" not in k]
     if real_missing or unexpected:
-        raise RuntimeError(f"weights do not map onto Hugging Face: missing {real_missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"weights do not map onto Hugging Face: missing {real_missing}, unexpected {unexpected}"
+        )
     return model
 
 
-def make_step(model: torch.nn.Module, batch: dict, ours: bool, sparse: bool = True, fused: bool = True,
-              bf16: bool = False) -> Callable[[], float]:
+def make_step(
+    model: torch.nn.Module,
+    batch: dict,
+    ours: bool,
+    sparse: bool = True,
+    fused: bool = True,
+    bf16: bool = False,
+) -> Callable[[], float]:
     """A closure that runs one training step and returns the loss."""
     model.train()
     optimizer = build_optimizer(model, lr=1e-4, fused=fused)
@@ -75,13 +88,22 @@ def make_step(model: torch.nn.Module, batch: dict, ours: bool, sparse: bool = Tr
     def step() -> float:
         with autocast():
             if ours:
-                out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                            labels=batch["labels"], next_sentence_label=batch["next_sentence_label"],
-                            sparse_mlm=sparse)
+                out = model(
+                    batch["input_ids"],
+                    batch["token_type_ids"],
+                    batch["attention_mask"],
+                    labels=batch["labels"],
+                    next_sentence_label=batch["next_sentence_label"],
+                    sparse_mlm=sparse,
+                )
             else:
-                out = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                            attention_mask=batch["attention_mask"], labels=batch["labels"],
-                            next_sentence_label=batch["next_sentence_label"])
+                out = model(
+                    input_ids=batch["input_ids"],
+                    token_type_ids=batch["token_type_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                    next_sentence_label=batch["next_sentence_label"],
+                )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -96,14 +118,18 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per variant (default 3)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--variants", action="store_true",
-                        help="also time dense MLM, foreach AdamW, bf16 autocast and torch.compile for ours")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time dense MLM, foreach AdamW, bf16 autocast and torch.compile for ours",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = BertConfig(vocab_size=8000, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=1024)
+    config = BertConfig(
+        vocab_size=8000, hidden_size=256, num_hidden_layers=3, num_attention_heads=4, intermediate_size=1024
+    )
     torch.manual_seed(0)
     reference = BertForPreTraining(config)
     state = reference.state_dict()
@@ -131,8 +157,11 @@ def main() -> int:
             loss = step()
             if i == 0:
                 first_loss[name] = loss
-        print(f"warm-up {name}: {args.warmup} steps in {time.perf_counter() - t0:.1f}s, first loss "
-              f"{first_loss.get(name, float('nan')):.4f}", file=sys.stderr)
+        print(
+            f"warm-up {name}: {args.warmup} steps in {time.perf_counter() - t0:.1f}s, first loss "
+            f"{first_loss.get(name, float('nan')):.4f}",
+            file=sys.stderr,
+        )
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.steps):
@@ -144,8 +173,10 @@ def main() -> int:
     tokens = BATCH * LENGTH
     tokens_per_s = {name: tokens / statistics.median(t) for name, t in times.items()}
     for name, t in times.items():
-        print(f"{name:>20}: median {statistics.median(t) * 1000:8.1f} ms/step  "
-              f"{tokens_per_s[name]:10,.0f} tokens/s  (x{tokens_per_s[name] / tokens_per_s['hf']:.2f} of HF)")
+        print(
+            f"{name:>20}: median {statistics.median(t) * 1000:8.1f} ms/step  "
+            f"{tokens_per_s[name]:10,.0f} tokens/s  (x{tokens_per_s[name] / tokens_per_s['hf']:.2f} of HF)"
+        )
     import transformers
 
     result = {

@@ -42,7 +42,9 @@ class BertEmbeddings(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -319,7 +321,9 @@ class BertForPreTraining(BertPreTrainedModel):
         output = PreTrainingOutput(mlm_logits=mlm_logits, nsp_logits=nsp_logits, attentions=attentions)
         if mlm_targets is not None:
             output.mlm_loss = F.cross_entropy(
-                mlm_logits.reshape(-1, mlm_logits.size(-1)), mlm_targets.reshape(-1), ignore_index=IGNORE_INDEX
+                mlm_logits.reshape(-1, mlm_logits.size(-1)),
+                mlm_targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
             )
             output.loss = output.mlm_loss
         if next_sentence_label is not None:

@@ -109,7 +109,7 @@ def read_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # noqa: BLE001 - a training checkpoint (numpy RNG state) or not a checkpoint at all
+    except Exception:
         try:
             payload = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as exc:
@@ -118,13 +118,26 @@ def read_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise ValueError(f"{path}: not a pocketbert checkpoint")
     if payload.get("kind") in KINDS:  # model.pt
         if payload.get("format", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: checkpoint format {payload['format']} is newer than this pocketbert supports")
-        return Weights(payload["kind"], BertConfig.from_dict(payload["config"]), payload["model"],
-                       dict(payload.get("metadata") or {}), payload.get("num_labels"))
+            raise ValueError(
+                f"{path}: checkpoint format {payload['format']} is newer than this pocketbert supports"
+            )
+        return Weights(
+            payload["kind"],
+            BertConfig.from_dict(payload["config"]),
+            payload["model"],
+            dict(payload.get("metadata") or {}),
+            payload.get("num_labels"),
+        )
     # checkpoint.pt: the pretraining trainer's state (weights, optimiser, RNG, ...)
     kind = payload.get("kind", "pretraining")
-    return Weights(kind, BertConfig.from_dict(payload["config"]), payload["model"],
-                   dict(payload.get("metadata") or {}), payload.get("num_labels"), training_state=True)
+    return Weights(
+        kind,
+        BertConfig.from_dict(payload["config"]),
+        payload["model"],
+        dict(payload.get("metadata") or {}),
+        payload.get("num_labels"),
+        training_state=True,
+    )
 
 
 def load_model(
@@ -162,7 +175,9 @@ def load_hf_folder(folder: str | Path) -> BertForPreTraining | BertForSequenceCl
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
     if "BertForSequenceClassification" in hf_config.get("architectures", []):
         num_labels = len(hf_config.get("id2label", {})) or 2
-        model: BertForPreTraining | BertForSequenceClassification = BertForSequenceClassification(config, num_labels)
+        model: BertForPreTraining | BertForSequenceClassification = BertForSequenceClassification(
+            config, num_labels
+        )
     else:
         model = BertForPreTraining(config)
     model.load_state_dict(state, strict=True)

@@ -42,7 +42,9 @@ class BertConfig:
         if self.hidden_act != "gelu":
             raise ValueError(f"only hidden_act='gelu' (exact GELU) is supported, got {self.hidden_act!r}")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
+            raise ValueError(
+                f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -165,12 +165,16 @@ class Tokenizer:
     def _drop_boundary_before_mask(self, ids: list[int]) -> list[int]:
         if MASK_ID not in ids:
             return ids
-        return [t for i, t in enumerate(ids) if not (t == self._boundary_id and ids[i + 1 : i + 2] == [MASK_ID])]
+        return [
+            t for i, t in enumerate(ids) if not (t == self._boundary_id and ids[i + 1 : i + 2] == [MASK_ID])
+        ]
 
     def tokenize(self, text: str) -> list[str]:
         return [self.sp.id_to_piece(i) for i in self.encode_ids(text)]
 
-    def build_inputs(self, ids_a: Sequence[int], ids_b: Sequence[int] | None = None, max_length: int = 512) -> Encoding:
+    def build_inputs(
+        self, ids_a: Sequence[int], ids_b: Sequence[int] | None = None, max_length: int = 512
+    ) -> Encoding:
         """[CLS] A [SEP] or [CLS] A [SEP] B [SEP] within max_length.
 
         A single text loses its end; a pair loses A's front and B's end (`truncate_pair`).
@@ -203,7 +207,9 @@ class Tokenizer:
         )
         if len(ids_b) != len(ids_a):
             raise ValueError(f"{len(texts)} texts but {len(ids_b)} text pairs")
-        return pad_batch([self.build_inputs(a, b, max_length) for a, b in zip(ids_a, ids_b, strict=True)], pad_to)
+        return pad_batch(
+            [self.build_inputs(a, b, max_length) for a, b in zip(ids_a, ids_b, strict=True)], pad_to
+        )
 
     # --- ids -> text ------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

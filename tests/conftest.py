@@ -14,15 +14,86 @@ pytest_plugins = ["bundle_fixtures"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-_SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "this movie", "the bird", "our team", "the city",
-             "a farmer", "the singer", "my brother", "the doctor", "a student", "the captain", "her mother"]
-_VERBS = ["sees", "likes", "finds", "watches", "helps", "follows", "loves", "visits", "paints", "builds",
-          "remembers", "carries", "describes", "questions", "imagines"]
-_OBJECTS = ["the park", "a book", "the river", "some music", "the garden", "a small house", "the old tree",
-            "a yellow window", "the quiet mountain", "an empty bottle", "the frozen lake", "a broken guitar"]
-_KO = ["고양이가", "강아지를", "영화는", "정말", "재미있다", "친구와", "함께", "학교에", "간다", "좋아한다", "오늘은",
-       "날씨가", "바다를", "보았다", "음식이", "맛있다", "선생님은", "책을", "읽는다", "도시에서", "산다", "노래를",
-       "부른다", "내일은", "비가", "온다", "배우가", "연기를", "잘한다", "지루했다"]
+_SUBJECTS = [
+    "the cat",
+    "a dog",
+    "my friend",
+    "the teacher",
+    "this movie",
+    "the bird",
+    "our team",
+    "the city",
+    "a farmer",
+    "the singer",
+    "my brother",
+    "the doctor",
+    "a student",
+    "the captain",
+    "her mother",
+]
+_VERBS = [
+    "sees",
+    "likes",
+    "finds",
+    "watches",
+    "helps",
+    "follows",
+    "loves",
+    "visits",
+    "paints",
+    "builds",
+    "remembers",
+    "carries",
+    "describes",
+    "questions",
+    "imagines",
+]
+_OBJECTS = [
+    "the park",
+    "a book",
+    "the river",
+    "some music",
+    "the garden",
+    "a small house",
+    "the old tree",
+    "a yellow window",
+    "the quiet mountain",
+    "an empty bottle",
+    "the frozen lake",
+    "a broken guitar",
+]
+_KO = [
+    "고양이가",
+    "강아지를",
+    "영화는",
+    "정말",
+    "재미있다",
+    "친구와",
+    "함께",
+    "학교에",
+    "간다",
+    "좋아한다",
+    "오늘은",
+    "날씨가",
+    "바다를",
+    "보았다",
+    "음식이",
+    "맛있다",
+    "선생님은",
+    "책을",
+    "읽는다",
+    "도시에서",
+    "산다",
+    "노래를",
+    "부른다",
+    "내일은",
+    "비가",
+    "온다",
+    "배우가",
+    "연기를",
+    "잘한다",
+    "지루했다",
+]
 
 
 def generate_corpus(path: Path, documents: int = 120, seed: int = 0) -> Path:
@@ -34,7 +105,9 @@ def generate_corpus(path: Path, documents: int = 120, seed: int = 0) -> Path:
             if rng.random() < 0.3:
                 lines.append(" ".join(rng.choices(_KO, k=rng.randint(3, 7))) + ".")
             else:
-                lines.append(f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}.".capitalize())
+                lines.append(
+                    f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}.".capitalize()
+                )
         lines.append("")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -55,20 +128,24 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Pa
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_tokenizer_dir: Path):  # noqa: ANN201
+def tiny_tokenizer(tiny_tokenizer_dir: Path):
     from model.tokenizer import Tokenizer
 
     return Tokenizer(tiny_tokenizer_dir)
 
 
 @pytest.fixture
-def tiny_config(tiny_tokenizer):  # noqa: ANN001, ANN201
+def tiny_config(tiny_tokenizer):
     """hidden 32, one layer, two heads: fast enough for every CPU test."""
     from model.config import BertConfig
 
     return BertConfig(
-        vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tiny_tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
 
 
@@ -78,8 +155,17 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path,
     from training.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare(tiny_tokenizer_dir, [tiny_corpus], out, max_length=48, dupe_factor=2, valid_fraction=0.1,
-            workers=1, seed=0, show_progress=False)
+    prepare(
+        tiny_tokenizer_dir,
+        [tiny_corpus],
+        out,
+        max_length=48,
+        dupe_factor=2,
+        valid_fraction=0.1,
+        workers=1,
+        seed=0,
+        show_progress=False,
+    )
     return out
 
 

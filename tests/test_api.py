@@ -34,27 +34,29 @@ def wait_ready(client: TestClient, expect: int = 200) -> dict:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_bundle: Path):  # noqa: ANN201
+def engine(tiny_bundle: Path):
     from app.engine import Engine
 
     return Engine.load(tiny_bundle, intra_op_threads=1)
 
 
 @pytest.fixture(scope="module")
-def client(tiny_bundle: Path):  # noqa: ANN201
+def client(tiny_bundle: Path):
     settings = Settings(bundles=[tiny_bundle], max_inputs=4, max_text_chars=300, ort_threads=1)
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         yield c
 
 
-def assert_422(response, field: str, words: str) -> None:  # noqa: ANN001
+def assert_422(response, field: str, words: str) -> None:
     assert response.status_code == 422, response.text
     details = response.json()["detail"]
-    assert any(field in [str(part) for part in d["loc"]] and words.lower() in d["msg"].lower() for d in details), details
+    assert any(
+        field in [str(part) for part in d["loc"]] and words.lower() in d["msg"].lower() for d in details
+    ), details
 
 
-# --- service endpoints ---------------------------------------------------------------------------------------
+# --- service endpoints --------------------------------------------------------------------------------------
 def test_health_ready_and_models(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "models": ["tiny"], "errors": []}
@@ -76,15 +78,23 @@ def test_demo_page_and_docs_are_served(client: TestClient) -> None:
 
 def test_every_request_field_is_documented_with_an_example(client: TestClient) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
-    for name in ("FillMaskRequest", "NextSentenceRequest", "ClassifyRequest", "AttentionRequest", "SentencePair",
-                 "FillMaskPrediction", "LabelScore", "NextSentenceResult"):
+    for name in (
+        "FillMaskRequest",
+        "NextSentenceRequest",
+        "ClassifyRequest",
+        "AttentionRequest",
+        "SentencePair",
+        "FillMaskPrediction",
+        "LabelScore",
+        "NextSentenceResult",
+    ):
         for field, spec in schemas[name]["properties"].items():
             assert spec.get("description"), f"{name}.{field} has no description"
             assert spec.get("examples"), f"{name}.{field} has no example"
 
 
-# --- tasks ---------------------------------------------------------------------------------------------------
-def test_fill_mask_matches_the_engine(client: TestClient, engine) -> None:  # noqa: ANN001
+# --- tasks --------------------------------------------------------------------------------------------------
+def test_fill_mask_matches_the_engine(client: TestClient, engine) -> None:
     response = client.post("/fill-mask", json={"inputs": "the cat [MASK] the park.", "top_k": 3})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -94,7 +104,9 @@ def test_fill_mask_matches_the_engine(client: TestClient, engine) -> None:  # no
     (expected,) = engine.fill_mask(["the cat [MASK] the park."], top_k=3)
     assert [p["token"] for p in predictions] == [p["token"] for p in expected[0]]
     assert [p["sequence"] for p in predictions] == [p["sequence"] for p in expected[0]]
-    np.testing.assert_allclose([p["score"] for p in predictions], [p["score"] for p in expected[0]], rtol=1e-4)
+    np.testing.assert_allclose(
+        [p["score"] for p in predictions], [p["score"] for p in expected[0]], rtol=1e-4
+    )
     assert all(a["score"] >= b["score"] for a, b in zip(predictions, predictions[1:], strict=False))
 
 
@@ -125,8 +137,9 @@ def test_fill_mask_several_inputs_and_masks(client: TestClient) -> None:
         ({}, "inputs", "required"),
     ],
 )
-def test_fill_mask_bad_input_is_422_naming_field_and_reason(client: TestClient, body: dict, field: str,
-                                                            words: str) -> None:
+def test_fill_mask_bad_input_is_422_naming_field_and_reason(
+    client: TestClient, body: dict, field: str, words: str
+) -> None:
     assert_422(client.post("/fill-mask", json=body), field, words)
 
 
@@ -135,10 +148,12 @@ def test_malformed_json_is_422(client: TestClient) -> None:
     assert response.status_code == 422
 
 
-def test_next_sentence(client: TestClient, engine) -> None:  # noqa: ANN001
+def test_next_sentence(client: TestClient, engine) -> None:
     pair = {"first": "the cat sees the park.", "second": "a dog likes a book."}
     single = client.post("/next-sentence", json={"pairs": pair}).json()["results"]
-    many = client.post("/next-sentence", json={"pairs": [pair, {"first": "정말", "second": "재미있다."}]}).json()["results"]
+    many = client.post(
+        "/next-sentence", json={"pairs": [pair, {"first": "정말", "second": "재미있다."}]}
+    ).json()["results"]
     (expected,) = engine.next_sentence([(pair["first"], pair["second"])])
     assert len(single) == 1 and len(many) == 2
     for result in (single[0], many[0]):
@@ -150,7 +165,7 @@ def test_next_sentence(client: TestClient, engine) -> None:  # noqa: ANN001
     assert_422(client.post("/next-sentence", json={"pairs": [pair] * 5}), "pairs", "at most 4")
 
 
-def test_classify(client: TestClient, engine) -> None:  # noqa: ANN001
+def test_classify(client: TestClient, engine) -> None:
     results = client.post("/classify", json={"inputs": ["a good movie", "a dull movie"]}).json()["results"]
     assert len(results) == 2
     for labels in results:
@@ -168,8 +183,11 @@ def test_attention_maps(client: TestClient) -> None:
     body = client.post("/attention", json={"text": "the cat sees the park."}).json()
     tokens, maps = body["tokens"], np.array(body["attentions"])
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
-    assert maps.shape == (body["num_layers"], body["num_heads"], len(tokens), len(tokens)) == (1, 2, len(tokens),
-                                                                                              len(tokens))
+    assert (
+        maps.shape
+        == (body["num_layers"], body["num_heads"], len(tokens), len(tokens))
+        == (1, 2, len(tokens), len(tokens))
+    )
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-4)
     assert_422(client.post("/attention", json={"text": " "}), "text", "empty")
 
@@ -185,7 +203,7 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
 
 
-# --- several bundles, no bundle --------------------------------------------------------------------------------
+# --- several bundles, no bundle -----------------------------------------------------------------------------
 def test_several_bundles_model_picks_one(tiny_bundle: Path, tmp_path: Path) -> None:
     folder = tmp_path / "bundles"
     for name in ("en", "ko"):
@@ -200,7 +218,9 @@ def test_several_bundles_model_picks_one(tiny_bundle: Path, tmp_path: Path) -> N
         assert client.get("/v1/models").json()["default"] == "ko"
         assert client.post("/classify", json={"inputs": "x"}).json()["model"] == "ko"
         assert client.post("/classify", json={"inputs": "x", "model": "en"}).json()["model"] == "en"
-        assert_422(client.post("/classify", json={"inputs": "x", "model": "fr"}), "model", "loaded models: en, ko")
+        assert_422(
+            client.post("/classify", json={"inputs": "x", "model": "fr"}), "model", "loaded models: en, ko"
+        )
 
 
 def test_without_a_bundle_alive_but_not_ready(tmp_path: Path) -> None:
@@ -284,7 +304,9 @@ def test_full_queue_answers_503_with_retry_after() -> None:
         for thread in threads:
             thread.join(30)
         assert sorted(r.status_code for r in results) == [200, 200]
-        assert 'pocketbert_queue_rejected_total{model="fake",task="classify"} 1' in client.get("/metrics").text
+        assert (
+            'pocketbert_queue_rejected_total{model="fake",task="classify"} 1' in client.get("/metrics").text
+        )
 
 
 def test_request_past_its_deadline_is_504() -> None:
@@ -325,11 +347,13 @@ def test_defaults_need_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cors_origins_are_allowed(tiny_bundle: Path) -> None:
     settings = Settings(bundles=[tiny_bundle], cors_origins=["https://example.org"])
     with TestClient(create_app(settings)) as client:
-        response = client.options("/classify", headers={"Origin": "https://example.org",
-                                                        "Access-Control-Request-Method": "POST"})
+        response = client.options(
+            "/classify", headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+        )
         assert response.headers.get("access-control-allow-origin") == "https://example.org"
-        other = client.options("/classify", headers={"Origin": "https://evil.example",
-                                                     "Access-Control-Request-Method": "POST"})
+        other = client.options(
+            "/classify", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in other.headers
 
 

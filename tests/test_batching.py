@@ -45,7 +45,7 @@ def executor():
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make(executor, runner, **kwargs) -> DynamicBatcher:  # noqa: ANN001
+def make(executor, runner, **kwargs) -> DynamicBatcher:
     sizes: list[int] = []
     stats = BatchStats(on_batch=lambda size, seconds: sizes.append(size))
     batcher = DynamicBatcher(run_batch=runner, executor=executor, stats=stats, **kwargs)
@@ -53,7 +53,7 @@ def make(executor, runner, **kwargs) -> DynamicBatcher:  # noqa: ANN001
     return batcher
 
 
-async def wait_until(condition, limit: int = 2000) -> None:  # noqa: ANN001
+async def wait_until(condition, limit: int = 2000) -> None:
     """Yield to the loop until condition() holds (bounded)."""
     for _ in range(limit):
         if condition():
@@ -62,7 +62,7 @@ async def wait_until(condition, limit: int = 2000) -> None:  # noqa: ANN001
     raise AssertionError("condition never held")
 
 
-def test_full_batch_flushes_without_waiting_and_keeps_order(executor) -> None:  # noqa: ANN001
+def test_full_batch_flushes_without_waiting_and_keeps_order(executor) -> None:
     runner = Recorder()
 
     async def main() -> list[list[int]]:
@@ -78,7 +78,7 @@ def test_full_batch_flushes_without_waiting_and_keeps_order(executor) -> None:  
     assert runner.batches == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
 
-def test_partial_batch_runs_after_max_wait(executor) -> None:  # noqa: ANN001
+def test_partial_batch_runs_after_max_wait(executor) -> None:
     runner = Recorder()
 
     async def main() -> list[list[int]]:
@@ -91,7 +91,7 @@ def test_partial_batch_runs_after_max_wait(executor) -> None:  # noqa: ANN001
     assert sum(len(b) for b in runner.batches) == 3
 
 
-def test_requests_queue_up_while_a_batch_runs(executor) -> None:  # noqa: ANN001
+def test_requests_queue_up_while_a_batch_runs(executor) -> None:
     """With max_wait 0, batches still form under load: they gather while the engine is busy."""
     runner = Recorder(hold=True)
 
@@ -110,7 +110,7 @@ def test_requests_queue_up_while_a_batch_runs(executor) -> None:  # noqa: ANN001
     assert runner.batches == [[0], [1, 2, 3, 4, 5]]
 
 
-def test_oversize_request_is_split_into_max_batch_size_chunks(executor) -> None:  # noqa: ANN001
+def test_oversize_request_is_split_into_max_batch_size_chunks(executor) -> None:
     runner = Recorder()
 
     async def main() -> list[int]:
@@ -123,7 +123,7 @@ def test_oversize_request_is_split_into_max_batch_size_chunks(executor) -> None:
     assert asyncio.run(main()) == [2 * i for i in range(10)]
 
 
-def test_full_queue_is_refused_with_retry_after(executor) -> None:  # noqa: ANN001
+def test_full_queue_is_refused_with_retry_after(executor) -> None:
     runner = Recorder(hold=True)
     rejected: list[int] = []
 
@@ -147,7 +147,7 @@ def test_full_queue_is_refused_with_retry_after(executor) -> None:  # noqa: ANN0
     assert rejected == [1]
 
 
-def test_cancelled_request_leaves_the_queue_and_never_runs(executor) -> None:  # noqa: ANN001
+def test_cancelled_request_leaves_the_queue_and_never_runs(executor) -> None:
     """A client that disconnects (its handler is cancelled) frees its slot at once."""
     runner = Recorder(hold=True)
 
@@ -170,7 +170,7 @@ def test_cancelled_request_leaves_the_queue_and_never_runs(executor) -> None:  #
     assert [7, 7] not in runner.batches and all(7 not in b for b in runner.batches)
 
 
-def test_deadline_while_queued_raises_and_frees_the_slot(executor) -> None:  # noqa: ANN001
+def test_deadline_while_queued_raises_and_frees_the_slot(executor) -> None:
     runner = Recorder(hold=True)
 
     async def main() -> None:
@@ -188,12 +188,14 @@ def test_deadline_while_queued_raises_and_frees_the_slot(executor) -> None:  # n
     assert all(9 not in b for b in runner.batches)
 
 
-def test_a_failing_input_fails_only_its_own_request(executor) -> None:  # noqa: ANN001
+def test_a_failing_input_fails_only_its_own_request(executor) -> None:
     runner = Recorder()
 
     async def main() -> list:
         batcher = make(executor, runner, max_batch_size=8, max_wait_s=LONG)
-        calls = [batcher.submit(r, LONG) for r in ([1], [-1], [2, 3], [4], [5], [6], [7])]  # 8 sequences: one batch
+        calls = [
+            batcher.submit(r, LONG) for r in ([1], [-1], [2, 3], [4], [5], [6], [7])
+        ]  # 8 sequences: one batch
         results = await asyncio.gather(*calls, return_exceptions=True)
         await batcher.close()
         return results
@@ -203,7 +205,7 @@ def test_a_failing_input_fails_only_its_own_request(executor) -> None:  # noqa: 
     assert [r for i, r in enumerate(results) if i != 1] == [[2], [4, 6], [8], [10], [12], [14]]
 
 
-def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:  # noqa: ANN001
+def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:
     """The real engine through the batcher, many texts of different lengths in one padded batch, gives
     what each text gives alone."""
     from app.engine import Engine
@@ -211,8 +213,13 @@ def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:  # noqa: 
 
     engine = Engine.load(tiny_bundle, intra_op_threads=1)
     runners = batch_runners(engine)
-    texts = ["the cat [MASK] the park.", "a [MASK].", "my friend watches the old tree and [MASK] a small house.",
-             "[MASK] [MASK] sees the river.", "고양이가 [MASK] 좋아한다."]
+    texts = [
+        "the cat [MASK] the park.",
+        "a [MASK].",
+        "my friend watches the old tree and [MASK] a small house.",
+        "[MASK] [MASK] sees the river.",
+        "고양이가 [MASK] 좋아한다.",
+    ]
     pairs = [("the cat sees the park.", "a dog likes a book."), ("정말 재미있다.", "the city.")]
 
     async def batched(task: str, items: list) -> list:
@@ -231,13 +238,19 @@ def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:  # noqa: 
     for text, got in zip(texts, fill, strict=True):
         (alone,) = engine.fill_mask([text], top_k=3)
         assert [[p["token"] for p in m] for m in got] == [[p["token"] for p in m] for m in alone]
-        np.testing.assert_allclose([[p["score"] for p in m] for m in got], [[p["score"] for p in m] for m in alone],
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            [[p["score"] for p in m] for m in got],
+            [[p["score"] for p in m] for m in alone],
+            rtol=1e-4,
+            atol=1e-6,
+        )
     cls = asyncio.run(batched("classify", [(t, None) for t in texts]))
     for text, got in zip(texts, cls, strict=True):
         (alone,) = engine.classify([text])
         assert [x["label"] for x in got] == [x["label"] for x in alone]
-        np.testing.assert_allclose([x["score"] for x in got], [x["score"] for x in alone], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            [x["score"] for x in got], [x["score"] for x in alone], rtol=1e-4, atol=1e-6
+        )
     nsp = asyncio.run(batched("next-sentence", pairs))
     for pair, got in zip(pairs, nsp, strict=True):
         (alone,) = engine.next_sentence([pair])

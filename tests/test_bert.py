@@ -11,11 +11,17 @@ from model.config import BertConfig
 
 transformers = pytest.importorskip("transformers")
 
-CONFIG = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=64)
+CONFIG = BertConfig(
+    vocab_size=300,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
-def _hf_config(num_labels: int = 2):  # noqa: ANN202
+def _hf_config(num_labels: int = 2):
     return transformers.BertConfig(num_labels=num_labels, **CONFIG.to_hf_dict())
 
 
@@ -65,7 +71,9 @@ def test_classification_logits_match_hugging_face() -> None:
     ours.load_state_dict(hf.state_dict())
     input_ids, token_type_ids, attention_mask = _batch()
     with torch.no_grad():
-        expected = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).logits
+        expected = hf(
+            input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask
+        ).logits
         got = ours(input_ids, token_type_ids, attention_mask).logits
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -96,14 +104,20 @@ def test_decoder_is_tied_to_word_embeddings_and_trains_together() -> None:
     assert model.cls.predictions.decoder.bias is model.cls.predictions.bias
     input_ids, token_type_ids, attention_mask = _batch()
     labels = torch.where(attention_mask.bool(), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    out = model(input_ids, token_type_ids, attention_mask, labels=labels,
-                next_sentence_label=torch.tensor([0, 1, 0]), sparse_mlm=True)
+    out = model(
+        input_ids,
+        token_type_ids,
+        attention_mask,
+        labels=labels,
+        next_sentence_label=torch.tensor([0, 1, 0]),
+        sparse_mlm=True,
+    )
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.nsp_loss is not None and out.mlm_loss is not None
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
 
 
-def test_hf_save_pretrained_folder_loads_here(tmp_path) -> None:  # noqa: ANN001
+def test_hf_save_pretrained_folder_loads_here(tmp_path) -> None:
     torch.manual_seed(3)
     hf = transformers.BertForPreTraining(_hf_config()).eval()
     hf.save_pretrained(tmp_path)
@@ -115,7 +129,7 @@ def test_hf_save_pretrained_folder_loads_here(tmp_path) -> None:  # noqa: ANN001
     assert torch.allclose(got.nsp_logits, expected.seq_relationship_logits, atol=1e-5)
 
 
-def test_model_checkpoint_round_trip(tmp_path) -> None:  # noqa: ANN001
+def test_model_checkpoint_round_trip(tmp_path) -> None:
     model = BertForSequenceClassification(CONFIG, 2).eval()
     save_model(tmp_path / "model.pt", model, {"label_names": ["neg", "pos"]})
     loaded, metadata = load_model(tmp_path / "model.pt")
@@ -126,7 +140,7 @@ def test_model_checkpoint_round_trip(tmp_path) -> None:  # noqa: ANN001
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_config_json_round_trip_and_validation(tmp_path) -> None:  # noqa: ANN001
+def test_config_json_round_trip_and_validation(tmp_path) -> None:
     CONFIG.to_json(tmp_path / "c.json")
     assert BertConfig.from_json(tmp_path / "c.json") == CONFIG
     assert "attn_implementation" not in CONFIG.to_hf_dict()

@@ -14,11 +14,48 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "training.cli", "pretrain", "--data", str(data), "--out", str(out),
-           "--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64",
-           "--batch-size", "4", "--lr", "1e-3", "--warmup", "1", "--eval-every", "2", "--eval-batches", "1",
-           "--log-every", "1", "--device", "cpu", "--threads", "1", "--seed", "7", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.cli",
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--hidden-size",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--intermediate-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "2",
+        "--eval-batches",
+        "1",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--seed",
+        "7",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
     if result.returncode != 0 and any(m in result.stderr for m in _PORT_RACE):

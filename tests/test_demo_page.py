@@ -28,9 +28,18 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,1500", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1280,1500",
+    "--remote-debugging-port=0",
 ]
 
 
@@ -79,13 +88,18 @@ class DevTools:
 
     def type_into(self, selector: str, text: str) -> None:
         """Focus a field, select its content and type over it."""
-        self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.focus(); e.select(); }})()")
+        self.eval(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            "e.focus(); e.select(); })()"
+        )
         self.send("Input.insertText", text=text)
 
     def click(self, selector: str) -> None:
-        box = self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
-                        "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect(); "
-                        "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        box = self.eval(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+            "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect(); "
+            "return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         x, y = box
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
@@ -98,8 +112,11 @@ class DevTools:
 def chromium(tmp_path: Path) -> Iterator[DevTools]:
     pytest.importorskip("websocket", reason="websocket-client is not installed")
     profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     devtools = None
     try:
         port_file = profile / "DevToolsActivePort"
@@ -142,7 +159,9 @@ def test_demo_page_runs_every_task_and_draws_attention(tiny_bundle: Path, tmp_pa
         page.click("#fill-mask-run")
         page.wait_for("document.getElementById('fill-mask-result').dataset.state === 'done'")
         assert page.eval("document.querySelectorAll('#fill-mask-result li.prediction').length") == 3
-        assert "the cat" in page.eval("document.querySelector('#fill-mask-result li.prediction .muted').textContent")
+        assert "the cat" in page.eval(
+            "document.querySelector('#fill-mask-result li.prediction .muted').textContent"
+        )
 
         # a text without [MASK]: the API's 422 reason is shown
         page.type_into("#fill-mask-text", "no mask at all")
@@ -164,20 +183,25 @@ def test_demo_page_runs_every_task_and_draws_attention(tiny_bundle: Path, tmp_pa
         page.type_into("#classify-text", "this movie is wonderful.")
         page.click("#classify-run")
         page.wait_for("document.getElementById('classify-result').dataset.state === 'done'")
-        labels = page.eval("[...document.querySelectorAll('#classify-result .label')].map(e => e.textContent)")
+        labels = page.eval(
+            "[...document.querySelectorAll('#classify-result .label')].map(e => e.textContent)"
+        )
         assert sorted(labels) == ["negative", "positive"]
 
         # attention: one small heatmap per layer and head, the selected one drawn large, and not blank
         page.type_into("#attention-text", "the bird follows the quiet mountain.")
         page.click("#attention-run")
         page.wait_for("document.getElementById('attention-result').dataset.state === 'done'")
-        assert page.eval("document.querySelectorAll('#attention-grid canvas.head-map').length") == 2  # 1 layer x 2
+        assert (
+            page.eval("document.querySelectorAll('#attention-grid canvas.head-map').length") == 2
+        )  # 1 layer x 2
         page.click("#attention-grid figure[data-head='1'] canvas")
         page.wait_for("document.getElementById('attention-caption').textContent === 'layer 1, head 2'")
         inked = page.eval(
             "(() => { const c = document.getElementById('attention-canvas'); "
             "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; "
-            "for (let i = 0; i < d.length; i += 4) if (d[i] < 200 && d[i + 2] > d[i]) n++; return n; })()")
+            "for (let i = 0; i < d.length; i += 4) if (d[i] < 200 && d[i + 2] > d[i]) n++; return n; })()"
+        )
         assert inked > 1000, f"the heatmap looks blank ({inked} blue pixels)"
 
         page.eval("window.scrollTo(0, 0)")

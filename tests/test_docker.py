@@ -38,9 +38,13 @@ def test_dockerfile_promises() -> None:
     stages = re.findall(r"^FROM \$\{BASE_IMAGE\} AS (\w+)$", text, re.M)
     assert stages == ["build", "runtime"], stages  # multi-stage, both on the build argument
     runtime = text.split("AS runtime", 1)[1]
-    assert re.search(r"^USER (?!root|0\b)\S+", runtime, re.M), "the runtime stage must switch to a non-root user"
+    assert re.search(r"^USER (?!root|0\b)\S+", runtime, re.M), (
+        "the runtime stage must switch to a non-root user"
+    )
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", runtime, re.M)
-    assert re.search(r'^CMD \["uvicorn", "app\.main:create_app", "--factory".*"--port", "8000"', runtime, re.M)
+    assert re.search(
+        r'^CMD \["uvicorn", "app\.main:create_app", "--factory".*"--port", "8000"', runtime, re.M
+    )
     assert "EXPOSE 8000" in runtime
     assert '"pocketbert[serve]"' in text and "/src[serve]" in text  # the serve extra only, never [train]
     assert "train" not in re.sub(r"COPY .*|#.*", "", text)
@@ -56,7 +60,16 @@ def test_dockerignore_keeps_data_caches_and_checkpoints_out() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*")] == "*"  # allow-list: everything not named below stays out
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed <= {"pyproject.toml", "README.md", "LICENSE", "app", "model", "training", "bundles", "wheels"}
+    assert allowed <= {
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "app",
+        "model",
+        "training",
+        "bundles",
+        "wheels",
+    }
     assert {"**/__pycache__", "**/*.pt", "**/*.ckpt"} <= set(lines)
 
 
@@ -69,7 +82,10 @@ def test_smoke_script_parses_and_cleans_up() -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.skipif(os.environ.get("POCKETBERT_DOCKER_SMOKE") != "1", reason="set POCKETBERT_DOCKER_SMOKE=1 "
-                    "to build and run the image here (.ci/run runs scripts/docker-smoke.sh itself)")
+@pytest.mark.skipif(
+    os.environ.get("POCKETBERT_DOCKER_SMOKE") != "1",
+    reason="set POCKETBERT_DOCKER_SMOKE=1 "
+    "to build and run the image here (.ci/run runs scripts/docker-smoke.sh itself)",
+)
 def test_docker_smoke() -> None:
     subprocess.run([str(SMOKE)], check=True, timeout=1200, cwd=ROOT)

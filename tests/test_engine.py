@@ -1,4 +1,4 @@
-"""The torch-free inference engine on the tiny bundle, checked against the torch models it was exported from."""
+"""The torch-free inference engine on the tiny bundle, checked against the torch models it came from."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def engine(tiny_bundle: Path) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def torch_models(tiny_checkpoints):  # noqa: ANN001, ANN201
+def torch_models(tiny_checkpoints):
     return load_model(tiny_checkpoints.pretrained)[0], load_model(tiny_checkpoints.classifier)[0]
 
 
@@ -41,7 +41,7 @@ def test_load_exposes_the_contract(engine: Engine, tiny_bundle: Path) -> None:
     assert engine.pretraining.get_session_options().intra_op_num_threads == 1
 
 
-def test_fill_mask_matches_torch(engine: Engine, torch_models) -> None:  # noqa: ANN001
+def test_fill_mask_matches_torch(engine: Engine, torch_models) -> None:
     pretraining, _ = torch_models
     texts = [SHORT, "a [MASK] likes [MASK] music."]
     results = engine.fill_mask(texts, top_k=3)
@@ -94,7 +94,7 @@ def test_fill_mask_rejects_a_text_without_mask(engine: Engine) -> None:
         engine.fill_mask([SHORT], top_k=0)
 
 
-def test_next_sentence_matches_torch(engine: Engine, torch_models) -> None:  # noqa: ANN001
+def test_next_sentence_matches_torch(engine: Engine, torch_models) -> None:
     pretraining, _ = torch_models
     pairs = [("the cat sees the park.", "a dog likes a book."), (LONG, "the bird paints the river.")]
     results = engine.next_sentence(pairs)
@@ -106,7 +106,7 @@ def test_next_sentence_matches_torch(engine: Engine, torch_models) -> None:  # n
     assert [r["is_next"] for r in results] == [bool(p >= 0.5) for p in expected]
 
 
-def test_classify_matches_torch(engine: Engine, torch_models) -> None:  # noqa: ANN001
+def test_classify_matches_torch(engine: Engine, torch_models) -> None:
     _, classifier = torch_models
     texts = [SHORT.replace("[MASK]", "sees"), LONG]
     results = engine.classify(texts)
@@ -116,12 +116,13 @@ def test_classify_matches_torch(engine: Engine, torch_models) -> None:  # noqa: 
     for row, result in enumerate(results):
         assert [d["score"] for d in result] == sorted((d["score"] for d in result), reverse=True)
         assert {d["label"]: d["score"] for d in result} == pytest.approx(
-            {"negative": probs[row, 0], "positive": probs[row, 1]}, abs=1e-5)
+            {"negative": probs[row, 0], "positive": probs[row, 1]}, abs=1e-5
+        )
     assert len(engine.classify(texts, top_k=1)[0]) == 1
     assert engine.classify([]) == [] and engine.fill_mask([]) == [] and engine.next_sentence([]) == []
 
 
-def test_attention_maps_match_torch(engine: Engine, torch_models) -> None:  # noqa: ANN001
+def test_attention_maps_match_torch(engine: Engine, torch_models) -> None:
     pretraining, _ = torch_models
     out = engine.attention("the cat sees the park.")
     ids = engine.tokenizer.encode("the cat sees the park.", max_length=64).input_ids

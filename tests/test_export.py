@@ -1,4 +1,4 @@
-"""`pocketbert export`: bundle contents, torch/onnxruntime parity, fusions, INT8 checks, bundle verification."""
+"""`pocketbert export`: bundle contents, torch/onnxruntime parity, fusions, INT8 checks, verification."""
 
 from __future__ import annotations
 
@@ -22,18 +22,30 @@ BUNDLE_FILES = {"bundle.json", "tokenizer.model", "pretraining.onnx", "classifie
 
 
 @pytest.fixture(scope="module")
-def optimized_int8_bundle(tmp_path_factory, tiny_checkpoints, tiny_corpus):  # noqa: ANN001, ANN201
+def optimized_int8_bundle(tmp_path_factory, tiny_checkpoints, tiny_corpus):
     """An --optimize --quantize int8 bundle with both INT8 checks run on small eval files."""
     tmp = tmp_path_factory.mktemp("int8")
     lines = [line for line in tiny_corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     eval_text = tmp / "heldout.txt"
     eval_text.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
     eval_dev = tmp / "dev.tsv"
-    eval_dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(lines[:30])), encoding="utf-8")
+    eval_dev.write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(lines[:30])), encoding="utf-8"
+    )
     out = tmp / "int8"
-    info = export_bundle(tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, out,
-                         quantize="int8", optimize=True, max_length=64, eval_text=eval_text, eval_dev=eval_dev,
-                         eval_task="sst2", threads=1)
+    info = export_bundle(
+        tiny_checkpoints.pretrained,
+        tiny_checkpoints.classifier,
+        tiny_checkpoints.tokenizer_dir,
+        out,
+        quantize="int8",
+        optimize=True,
+        max_length=64,
+        eval_text=eval_text,
+        eval_dev=eval_dev,
+        eval_task="sst2",
+        threads=1,
+    )
     return out, info
 
 
@@ -43,7 +55,7 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
     return target
 
 
-def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> None:
     assert {p.name for p in tiny_bundle.iterdir()} == BUNDLE_FILES
     assert tiny_bundle.stat().st_mode & 0o777 == 0o755  # readable by a server running as another user
     info = json.loads((tiny_bundle / "bundle.json").read_text(encoding="utf-8"))
@@ -60,8 +72,12 @@ def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> No
     for name, digest in info["files"].items():
         assert file_sha256(tiny_bundle / name) == digest
     assert {k: v for k, v in info["export"].items() if k != "graphs"} == {
-        "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "opset": 17,
-        "optimized": False, "fusions": None, "quantization": None}
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+        "opset": 17,
+        "optimized": False,
+        "fusions": None,
+        "quantization": None,
+    }
     assert info["export"]["graphs"]["pretraining.onnx"]["outputs"] == ["mlm_logits", "nsp_logits"]
     assert all(v <= 1e-4 for v in info["checks"]["parity"]["fp32"].values())
     assert info["checks"]["int8"] == {"run": False, "reason": "not quantized"}
@@ -77,7 +93,7 @@ def test_graph_inputs_have_dynamic_batch_and_sequence(tiny_bundle: Path) -> None
     assert [o.name for o in graph.output] == ["mlm_logits", "nsp_logits"]
 
 
-def test_onnxruntime_matches_torch_on_padded_two_segment_batches(tiny_bundle: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+def test_onnxruntime_matches_torch_on_padded_two_segment_batches(tiny_bundle: Path, tiny_checkpoints) -> None:
     pretraining, _ = load_model(tiny_checkpoints.pretrained)
     classifier, _ = load_model(tiny_checkpoints.classifier)
     engine = Engine.load(tiny_bundle, intra_op_threads=1)
@@ -96,13 +112,15 @@ def test_onnxruntime_matches_torch_on_padded_two_segment_batches(tiny_bundle: Pa
         assert np.abs(logits - expected_cls.numpy()).max() <= 1e-4
 
 
-def test_export_refuses_a_bundle_that_fails_parity(tmp_path: Path, tiny_checkpoints, monkeypatch) -> None:  # noqa: ANN001
+def test_export_refuses_a_bundle_that_fails_parity(tmp_path: Path, tiny_checkpoints, monkeypatch) -> None:
     from training import onnx_utils
 
     original = onnx_utils.export_graph
 
-    def export_perturbed(module, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        weight = list(module.parameters())[-1]  # a head bias (a shift of the embeddings would be normalised away)
+    def export_perturbed(module, *args, **kwargs):
+        weight = list(module.parameters())[
+            -1
+        ]  # a head bias (a shift of the embeddings would be normalised away)
         with torch.no_grad():
             weight.add_(0.05)  # the graph now computes something torch (after restoring) does not
             try:
@@ -113,11 +131,13 @@ def test_export_refuses_a_bundle_that_fails_parity(tmp_path: Path, tiny_checkpoi
     monkeypatch.setattr(onnx_utils, "export_graph", export_perturbed)
     out = tmp_path / "bad"
     with pytest.raises(ParityError, match=r"differs from torch by .* bundle not written"):
-        export_bundle(tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, out)
+        export_bundle(
+            tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, out
+        )
     assert list(tmp_path.iterdir()) == []  # neither the bundle nor its staging folder is left behind
 
 
-def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:  # noqa: ANN001
+def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:
     out, info = optimized_int8_bundle
     layers = info["config"]["num_hidden_layers"]
     for name in ("pretraining", "classifier"):
@@ -134,7 +154,7 @@ def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:  # no
     assert info["export"]["quantization"] == "int8"
 
 
-def test_int8_checks_are_run_and_recorded(optimized_int8_bundle) -> None:  # noqa: ANN001
+def test_int8_checks_are_run_and_recorded(optimized_int8_bundle) -> None:
     out, info = optimized_int8_bundle
     fill_mask = info["checks"]["int8"]["fill_mask"]
     assert fill_mask["run"] and fill_mask["sentences"] == 40
@@ -142,20 +162,24 @@ def test_int8_checks_are_run_and_recorded(optimized_int8_bundle) -> None:  # noq
     assert fill_mask["passed"] == (fill_mask["top1_agreement"] >= 0.95)
     classifier = info["checks"]["int8"]["classifier"]
     assert classifier["run"] and classifier["examples"] == 30 and classifier["task"] == "sst2"
-    assert classifier["drop_points"] == pytest.approx(classifier["fp32_accuracy"] - classifier["int8_accuracy"])
+    assert classifier["drop_points"] == pytest.approx(
+        classifier["fp32_accuracy"] - classifier["int8_accuracy"]
+    )
     assert classifier["passed"] == (classifier["drop_points"] <= 0.5)
     assert load_manifest(out) == info  # what export returned is what it wrote
 
 
-def test_int8_engine_stays_close_to_fp32(optimized_int8_bundle, tiny_bundle: Path) -> None:  # noqa: ANN001
+def test_int8_engine_stays_close_to_fp32(optimized_int8_bundle, tiny_bundle: Path) -> None:
     fp32, int8 = Engine.load(tiny_bundle, 1), Engine.load(optimized_int8_bundle[0], 1)
     texts = ["the cat sees the park.", "my friend likes a small house and the old tree."]
     a, b = fp32.classify(texts), int8.classify(texts)
     for x, y in zip(a, b, strict=True):
-        assert {d["label"]: d["score"] for d in x} == pytest.approx({d["label"]: d["score"] for d in y}, abs=0.02)
+        assert {d["label"]: d["score"] for d in x} == pytest.approx(
+            {d["label"]: d["score"] for d in y}, abs=0.02
+        )
 
 
-def test_existing_folder_needs_overwrite(tmp_path: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+def test_existing_folder_needs_overwrite(tmp_path: Path, tiny_checkpoints) -> None:
     args = (tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir)
     out = tmp_path / "bundle"
     out.mkdir()
@@ -168,25 +192,54 @@ def test_existing_folder_needs_overwrite(tmp_path: Path, tiny_checkpoints) -> No
     assert {p.name for p in tmp_path.iterdir()} == {"bundle"}
 
 
-def test_wrong_checkpoint_kind_is_a_clear_error(tmp_path: Path, tiny_checkpoints) -> None:  # noqa: ANN001
+def test_wrong_checkpoint_kind_is_a_clear_error(tmp_path: Path, tiny_checkpoints) -> None:
     with pytest.raises(CLIError, match="expected a pretraining checkpoint"):
-        export_bundle(tiny_checkpoints.classifier, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir,
-                      tmp_path / "b")
+        export_bundle(
+            tiny_checkpoints.classifier,
+            tiny_checkpoints.classifier,
+            tiny_checkpoints.tokenizer_dir,
+            tmp_path / "b",
+        )
     with pytest.raises(CLIError, match="no such checkpoint"):
-        export_bundle(tmp_path / "nope.pt", tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, tmp_path / "b")
+        export_bundle(
+            tmp_path / "nope.pt", tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir, tmp_path / "b"
+        )
 
 
-def test_cli_export(tmp_path: Path, tiny_checkpoints, capsys) -> None:  # noqa: ANN001
+def test_cli_export(tmp_path: Path, tiny_checkpoints, capsys) -> None:
     from training.cli import main
 
     out = tmp_path / "cli-bundle"
-    argv = ["export", "--pretrained", str(tiny_checkpoints.pretrained), "--classifier", str(tiny_checkpoints.classifier),
-            "--tokenizer", str(tiny_checkpoints.tokenizer_dir), "--out", str(out), "--threads", "1"]
+    argv = [
+        "export",
+        "--pretrained",
+        str(tiny_checkpoints.pretrained),
+        "--classifier",
+        str(tiny_checkpoints.classifier),
+        "--tokenizer",
+        str(tiny_checkpoints.tokenizer_dir),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["bundle"] == str(out)
     assert load_manifest(out)["max_length"] == 64  # taken from the classifier checkpoint's metadata
-    assert main([*argv[:-4], "--out", str(tmp_path / "x"), "--eval-dev", str(tmp_path / "missing.tsv"),
-                 "--quantize", "int8"]) == 2
+    assert (
+        main(
+            [
+                *argv[:-4],
+                "--out",
+                str(tmp_path / "x"),
+                "--eval-dev",
+                str(tmp_path / "missing.tsv"),
+                "--quantize",
+                "int8",
+            ]
+        )
+        == 2
+    )
     assert "--eval-dev" in (err := capsys.readouterr().err) and "missing.tsv: no such file" in err
 
 

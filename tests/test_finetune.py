@@ -31,7 +31,9 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
 
 def write_jsonl(path: Path, rows: list[tuple[str, int]]) -> Path:
     names = {0: "bad", 1: "good"}
-    path.write_text("".join(json.dumps({"text": t, "label": names[y]}) + "\n" for t, y in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"text": t, "label": names[y]}) + "\n" for t, y in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -41,8 +43,22 @@ def write_nsmc(path: Path, rows: list[tuple[str, int]]) -> Path:
     return path
 
 
-FAST = ["--epochs", "4", "--lr", "1e-3", "--batch-size", "16", "--max-length", "32", "--device", "cpu",
-        "--threads", "1", "--log-every", "5"]
+FAST = [
+    "--epochs",
+    "4",
+    "--lr",
+    "1e-3",
+    "--batch-size",
+    "16",
+    "--max-length",
+    "32",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--log-every",
+    "5",
+]
 
 
 def test_bucketed_batches_cover_every_example_once() -> None:
@@ -65,9 +81,30 @@ def test_scratch_learns_above_majority(tmp_path: Path, tiny_tokenizer_dir: Path,
     dev = write_jsonl(tmp_path / "dev.jsonl", sentiment_rows(80, 1))
     test = write_jsonl(tmp_path / "test.jsonl", sentiment_rows(80, 2))
     out = tmp_path / "ft"
-    code = main(["finetune", "--task", "csv", "--train", str(train), "--dev", str(dev), "--test", str(test),
-                 "--init", "scratch", "--config", str(tmp_path / "tiny.json"), "--tokenizer", str(tiny_tokenizer_dir),
-                 "--out", str(out), "--seeds", "1,2", *FAST])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "csv",
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--test",
+            str(test),
+            "--init",
+            "scratch",
+            "--config",
+            str(tmp_path / "tiny.json"),
+            "--tokenizer",
+            str(tiny_tokenizer_dir),
+            "--out",
+            str(out),
+            "--seeds",
+            "1,2",
+            *FAST,
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert [r["seed"] for r in results["seeds"]] == [1, 2]
@@ -92,25 +129,80 @@ def test_scratch_learns_above_majority(tmp_path: Path, tiny_tokenizer_dir: Path,
     assert metadata["seed"] == results["best_seed"] and metadata["results"]["runs"] == 2
 
 
-def test_from_pretrained_checkpoint_nsmc_format(tmp_path: Path, tiny_tokenizer_dir: Path, tiny_corpus: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_from_pretrained_checkpoint_nsmc_format(
+    tmp_path: Path, tiny_tokenizer_dir: Path, tiny_corpus: Path, capsys: pytest.CaptureFixture
+) -> None:
     from model.checkpoint import load_model
     from training.prepare import prepare
 
     data = tmp_path / "data"
-    prepare(tiny_tokenizer_dir, [tiny_corpus], data, max_length=48, dupe_factor=1, valid_fraction=0.1,
-            workers=1, show_progress=False)
-    assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "pt"), "--hidden-size", "32",
-                 "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--batch-size", "8", "--steps", "4",
-                 "--eval-batches", "1", "--threads", "1", "--device", "cpu"]) == 0
+    prepare(
+        tiny_tokenizer_dir,
+        [tiny_corpus],
+        data,
+        max_length=48,
+        dupe_factor=1,
+        valid_fraction=0.1,
+        workers=1,
+        show_progress=False,
+    )
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "pt"),
+                "--hidden-size",
+                "32",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--intermediate-size",
+                "64",
+                "--batch-size",
+                "8",
+                "--steps",
+                "4",
+                "--eval-batches",
+                "1",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     pretrained, _ = load_model(tmp_path / "pt" / "model.pt")
 
     train = write_nsmc(tmp_path / "ratings_train.txt", sentiment_rows(200, 0))
     dev = write_nsmc(tmp_path / "ratings_dev.txt", sentiment_rows(60, 1))
     out = tmp_path / "ft"
     # no --tokenizer: the pretrain checkpoint records which one its data was made with
-    assert main(["finetune", "--task", "nsmc", "--train", str(train), "--dev", str(dev),
-                 "--init", str(tmp_path / "pt" / "model.pt"), "--out", str(out), "--seeds", "3", *FAST]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "nsmc",
+                "--train",
+                str(train),
+                "--dev",
+                str(dev),
+                "--init",
+                str(tmp_path / "pt" / "model.pt"),
+                "--out",
+                str(out),
+                "--seeds",
+                "3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "skipped 1 rows" in printed and "mean dev" in printed
     model, metadata = load_model(out / "model.pt")
@@ -120,10 +212,21 @@ def test_from_pretrained_checkpoint_nsmc_format(tmp_path: Path, tiny_tokenizer_d
     assert results["skipped"]["train"] == 1 and results["test_acc_mean"] is None
 
 
-def test_finetune_errors_are_one_line(tmp_path: Path, tiny_tokenizer_dir: Path,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_finetune_errors_are_one_line(
+    tmp_path: Path, tiny_tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     train = write_nsmc(tmp_path / "ratings.txt", sentiment_rows(20, 0))
-    args = ["finetune", "--task", "nsmc", "--train", str(train), "--dev", str(train), "--out", str(tmp_path / "o")]
+    args = [
+        "finetune",
+        "--task",
+        "nsmc",
+        "--train",
+        str(train),
+        "--dev",
+        str(train),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main([*args, "--init", str(tmp_path / "none.pt")]) == 2
     assert "none.pt: no such checkpoint" in capsys.readouterr().err
     assert main([*args, "--init", "scratch"]) == 2

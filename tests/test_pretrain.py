@@ -1,4 +1,4 @@
-"""`pocketbert pretrain` on a tiny model and tiny prepared data: exact resume, signals, metrics, plot, errors."""
+"""`pocketbert pretrain` on a tiny model and tiny data: exact resume, signals, metrics, plot, errors."""
 
 from __future__ import annotations
 
@@ -20,8 +20,27 @@ TINY_MODEL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--interme
 
 
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain", "--data", str(data), "--out", str(out), *TINY_MODEL, "--batch-size", "8",
-            "--lr", "1e-3", "--warmup", "2", "--eval-batches", "2", "--threads", "1", "--device", "cpu", *extra]
+    return [
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY_MODEL,
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "2",
+        "--eval-batches",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def losses(metrics: Path) -> list[dict]:
@@ -40,7 +59,10 @@ def test_weight_decay_skips_biases_and_layernorm(tiny_config) -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)] for p in decay["params"])
-    assert {names[id(p)] for p in no_decay["params"]} >= {"bert.embeddings.LayerNorm.weight", "cls.predictions.bias"}
+    assert {names[id(p)] for p in no_decay["params"]} >= {
+        "bert.embeddings.LayerNorm.weight",
+        "cls.predictions.bias",
+    }
     # the tied decoder / word-embedding matrix is stepped once
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
@@ -73,15 +95,42 @@ def test_data_order_is_a_function_of_seed_and_epoch() -> None:
 # --- the command --------------------------------------------------------------------------------------
 def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     """8 steps in one go == 4 steps, stop, resume 4 steps: same losses at every logged step, same weights."""
-    common = ["--steps", "8", "--grad-accum", "2", "--eval-every", "4", "--save-every", "4", "--log-every", "2"]
+    common = [
+        "--steps",
+        "8",
+        "--grad-accum",
+        "2",
+        "--eval-every",
+        "4",
+        "--save-every",
+        "4",
+        "--log-every",
+        "2",
+    ]
     assert main(pretrain_args(prepared, tmp_path / "whole", *common)) == 0
     assert main(pretrain_args(prepared, tmp_path / "split", *common, "--stop-at", "4")) == 0
     state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 4 and state["position"]["batch"] > 0
-    # Resumed with none of the run's options: batch size, steps, lr, warmup, grad-accum come from the checkpoint.
-    running = ["--eval-every", "4", "--save-every", "4", "--log-every", "2", "--eval-batches", "2",
-               "--threads", "1", "--device", "cpu"]
-    assert main(["pretrain", "--data", str(prepared), "--out", str(tmp_path / "split"), "--resume", *running]) == 0
+    # Resumed with none of the run's options: batch size, steps, lr, warmup, grad-accum come from the
+    # checkpoint.
+    running = [
+        "--eval-every",
+        "4",
+        "--save-every",
+        "4",
+        "--log-every",
+        "2",
+        "--eval-batches",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(["pretrain", "--data", str(prepared), "--out", str(tmp_path / "split"), "--resume", *running])
+        == 0
+    )
 
     assert losses(tmp_path / "whole" / "metrics.jsonl") == losses(tmp_path / "split" / "metrics.jsonl")
     whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
@@ -93,8 +142,9 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     assert final["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
 
 
-def test_resume_with_a_new_schedule_takes_effect(prepared: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_resume_with_a_new_schedule_takes_effect(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """--lr / --steps given on --resume change the rate from the resumed step on; --seed is refused."""
     out = tmp_path / "run"
     common = ["--eval-every", "100", "--log-every", "1", "--warmup", "2"]
@@ -106,8 +156,11 @@ def test_resume_with_a_new_schedule_takes_effect(prepared: Path, tmp_path: Path,
     assert "--seed 7 differs" in capsys.readouterr().err
     assert main([*resume, "--lr", "1e-2", "--steps", "8"]) == 0
     assert "--lr changes from 0.001 to 0.01" in capsys.readouterr().out
-    rates = {row["step"]: row["lr"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if row["split"] == "train"}
+    rates = {
+        row["step"]: row["lr"]
+        for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if row["split"] == "train"
+    }
     assert rates[3] == pytest.approx(1e-3 * (6 - 3) / (6 - 2))  # the first schedule
     for step in (4, 5, 6, 7):  # the new one: peak 1e-2, decaying to zero at step 8
         assert rates[step] == pytest.approx(1e-2 * (8 - step) / (8 - 2))
@@ -115,8 +168,9 @@ def test_resume_with_a_new_schedule_takes_effect(prepared: Path, tmp_path: Path,
     assert state["step"] == 8 and state["args"]["lr"] == 1e-2
 
 
-def test_init_continues_from_weights_on_several_data_folders(prepared: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_init_continues_from_weights_on_several_data_folders(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """--init takes the weights (not the optimiser or schedule); two --data folders are read as one."""
     from model.checkpoint import load_model
 
@@ -124,9 +178,32 @@ def test_init_continues_from_weights_on_several_data_folders(prepared: Path, tmp
     assert main(pretrain_args(prepared, base, "--steps", "4", "--eval-every", "100")) == 0
     before, _ = load_model(base / "checkpoint.pt")  # a training checkpoint works as well as model.pt
     out = tmp_path / "continued"
-    args = ["pretrain", "--data", str(prepared), str(prepared), "--out", str(out), "--init",
-            str(base / "checkpoint.pt"), "--steps", "3", "--batch-size", "8", "--eval-every", "100",
-            "--eval-batches", "2", "--threads", "1", "--device", "cpu", "--dropout", "0", "--log-every", "1"]
+    args = [
+        "pretrain",
+        "--data",
+        str(prepared),
+        str(prepared),
+        "--out",
+        str(out),
+        "--init",
+        str(base / "checkpoint.pt"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "100",
+        "--eval-batches",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--dropout",
+        "0",
+        "--log-every",
+        "1",
+    ]
     assert main(args) == 0
     after, metadata = load_model(out / "model.pt")
     assert after.config.hidden_size == 32 and after.config.hidden_dropout_prob == 0.0
@@ -134,7 +211,9 @@ def test_init_continues_from_weights_on_several_data_folders(prepared: Path, tmp
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first_valid = next(r for r in rows if r["split"] == "valid")
     assert first_valid["step"] == 0 and first_valid["mlm_acc"] > 0  # starts from the trained weights
-    assert not torch.equal(before.bert.embeddings.word_embeddings.weight, after.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(
+        before.bert.embeddings.word_embeddings.weight, after.bert.embeddings.word_embeddings.weight
+    )
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["position"]["batch"] == 3  # a fresh run: its own data position, its own schedule
     # a classifier or a model of another vocabulary is refused in one line
@@ -174,8 +253,9 @@ def test_bf16_autocast_runs(prepared: Path, tmp_path: Path) -> None:
     assert main(pretrain_args(prepared, tmp_path / "bf16", "--steps", "2", "--precision", "bf16")) == 0
 
 
-def test_whole_word_masking_uses_the_datas_tokenizer(prepared: Path, tmp_path: Path, tiny_corpus: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_whole_word_masking_uses_the_datas_tokenizer(
+    prepared: Path, tmp_path: Path, tiny_corpus: Path, capsys: pytest.CaptureFixture
+) -> None:
     from training.tokenizer_train import train_tokenizer
 
     out = tmp_path / "wwm"
@@ -183,7 +263,9 @@ def test_whole_word_masking_uses_the_datas_tokenizer(prepared: Path, tmp_path: P
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
     other = train_tokenizer([tiny_corpus], tmp_path / "other", vocab_size=130)  # not the data's tokenizer
     capsys.readouterr()
-    args = pretrain_args(prepared, tmp_path / "x", "--steps", "1", "--whole-word-mask", "--tokenizer", str(other))
+    args = pretrain_args(
+        prepared, tmp_path / "x", "--steps", "1", "--whole-word-mask", "--tokenizer", str(other)
+    )
     assert main(args) == 2
     assert "sha256 differs" in capsys.readouterr().err
 
@@ -199,15 +281,29 @@ def test_bad_input_is_one_line_error(prepared: Path, tmp_path: Path, capsys: pyt
     assert "metrics.jsonl:2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["SIGINT", "SIGTERM"])
-def test_signal_saves_checkpoint_and_exits_cleanly(prepared: Path, tmp_path: Path, sig: int, code: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["SIGINT", "SIGTERM"]
+)
+def test_signal_saves_checkpoint_and_exits_cleanly(
+    prepared: Path, tmp_path: Path, sig: int, code: int
+) -> None:
     from model.checkpoint import load_model
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "training.cli", *pretrain_args(prepared, out, "--steps", "100000",
-                                                                 "--log-every", "1", "--save-every", "100000")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        *pretrain_args(prepared, out, "--steps", "100000", "--log-every", "1", "--save-every", "100000"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         metrics = out / "metrics.jsonl"
         deadline = time.monotonic() + 90

@@ -1,4 +1,4 @@
-"""The `serve` extra alone runs the engine: a fresh virtual environment, `pip install pocketbert[serve]`, no torch.
+"""The `serve` extra alone runs the engine: a fresh venv, `pip install pocketbert[serve]`, no torch.
 
 Slow (it downloads onnxruntime, numpy, fastapi, ...). Skips only when pip cannot reach a package index.
 The project is copied to a temporary folder first so pip's build leaves nothing in the repository.
@@ -57,15 +57,21 @@ def test_engine_runs_with_only_the_serve_extra(tmp_path: Path, tiny_bundle: Path
     python = env_dir / "bin" / "python"
 
     try:
-        reach = _run([str(python), "-m", "pip", "index", "versions", "onnxruntime", "--disable-pip-version-check"],
-                     tmp_path, timeout=120)
+        reach = _run(
+            [str(python), "-m", "pip", "index", "versions", "onnxruntime", "--disable-pip-version-check"],
+            tmp_path,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         pytest.skip("pip cannot reach a package index (no answer in 120 s)")
     if reach.returncode != 0:
         pytest.skip(f"pip cannot reach a package index: {reach.stderr.strip().splitlines()[-1:]}")
 
-    install = _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    f"{source}[serve]"], tmp_path, timeout=800)
+    install = _run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{source}[serve]"],
+        tmp_path,
+        timeout=800,
+    )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
 
     probe = _run([str(python), "-c", PROBE, str(tiny_bundle)], tmp_path, timeout=120)
@@ -79,6 +85,7 @@ def test_engine_runs_with_only_the_serve_extra(tmp_path: Path, tiny_bundle: Path
     assert [p["token"] for p in out["fill_mask"][0][0]] == [p["token"] for p in expected[0][0]]
     assert out["classify"][0][0]["label"] == reference.classify(["the cat sees the park."])[0][0]["label"]
     assert out["next_sentence"][0]["score"] == pytest.approx(
-        reference.next_sentence([("the cat sees the park.", "a dog likes a book.")])[0]["score"], abs=1e-5)
+        reference.next_sentence([("the cat sees the park.", "a dog likes a book.")])[0]["score"], abs=1e-5
+    )
     assert out["attention_tokens"][0] == "[CLS]"
     assert sys.prefix != str(env_dir)

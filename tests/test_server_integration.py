@@ -42,12 +42,30 @@ def metric(text: str, name: str, **labels: str) -> float:
 @contextlib.contextmanager
 def uvicorn_server(bundle: Path, **env: str) -> Iterator[str]:
     port = free_port()
-    environment = {**os.environ, "POCKETBERT_BUNDLES": str(bundle), "POCKETBERT_ORT_THREADS": "1",
-                   **{f"POCKETBERT_{k.upper()}": v for k, v in env.items()}}
+    environment = {
+        **os.environ,
+        "POCKETBERT_BUNDLES": str(bundle),
+        "POCKETBERT_ORT_THREADS": "1",
+        **{f"POCKETBERT_{k.upper()}": v for k, v in env.items()},
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -71,24 +89,38 @@ def uvicorn_server(bundle: Path, **env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_bundle: Path):  # noqa: ANN201
+def engine(tiny_bundle: Path):
     from app.engine import Engine
 
     return Engine.load(tiny_bundle, intra_op_threads=1)
 
 
-def test_concurrent_requests_are_batched_and_right(tiny_bundle: Path, engine) -> None:  # noqa: ANN001
-    subjects = ["the cat", "a dog", "my friend", "the teacher", "this movie", "the bird", "our team", "the city"]
+def test_concurrent_requests_are_batched_and_right(tiny_bundle: Path, engine) -> None:
+    subjects = [
+        "the cat",
+        "a dog",
+        "my friend",
+        "the teacher",
+        "this movie",
+        "the bird",
+        "our team",
+        "the city",
+    ]
     fill_texts = [f"{s} [MASK] the {o}." for s in subjects for o in ("park", "river", "old tree")]  # 24
     cls_texts = [f"{s} is {a}." for s in subjects for a in ("good", "bad")]  # 16
-    pairs = [(f"{s} sees the park.", f"{t} likes a book.") for s, t in zip(subjects, reversed(subjects), strict=True)]
+    pairs = [
+        (f"{s} sees the park.", f"{t} likes a book.")
+        for s, t in zip(subjects, reversed(subjects), strict=True)
+    ]
 
     async def fire(url: str) -> tuple[list, list, list]:
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             fills = [client.post("/fill-mask", json={"inputs": t, "top_k": 3}) for t in fill_texts]
             classes = [client.post("/classify", json={"inputs": t}) for t in cls_texts]
-            nsps = [client.post("/next-sentence", json={"pairs": {"first": a, "second": b}}) for a, b in pairs]
+            nsps = [
+                client.post("/next-sentence", json={"pairs": {"first": a, "second": b}}) for a, b in pairs
+            ]
             responses = await asyncio.gather(*fills, *classes, *nsps)
         for r in responses:
             assert r.status_code == 200, r.text
@@ -104,12 +136,16 @@ def test_concurrent_requests_are_batched_and_right(tiny_bundle: Path, engine) ->
         (expected,) = engine.fill_mask([text], top_k=3)
         got = response.json()["results"][0]
         assert [p["token"] for p in got] == [p["token"] for p in expected[0]]
-        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected[0]], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            [p["score"] for p in got], [p["score"] for p in expected[0]], rtol=1e-4, atol=1e-6
+        )
     for text, response in zip(cls_texts, classes, strict=True):
         (expected,) = engine.classify([text])
         got = response.json()["results"][0]
         assert [x["label"] for x in got] == [x["label"] for x in expected]
-        np.testing.assert_allclose([x["score"] for x in got], [x["score"] for x in expected], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            [x["score"] for x in got], [x["score"] for x in expected], rtol=1e-4, atol=1e-6
+        )
     for pair, response in zip(pairs, nsps, strict=True):
         (expected,) = engine.next_sentence([pair])
         assert response.json()["results"][0]["score"] == pytest.approx(expected["score"], rel=1e-4, abs=1e-6)
@@ -118,10 +154,15 @@ def test_concurrent_requests_are_batched_and_right(tiny_bundle: Path, engine) ->
         batches = metric(metrics, "pocketbert_batch_size_count", model="tiny", task=task)
         sequences = metric(metrics, "pocketbert_batch_size_sum", model="tiny", task=task)
         assert sequences == requests, (task, sequences)
-        assert batches < requests, f"{task}: {requests} requests ran in {batches} batches: no batch of more than one"
+        assert batches < requests, (
+            f"{task}: {requests} requests ran in {batches} batches: no batch of more than one"
+        )
         singles = metric(metrics, "pocketbert_batch_size_bucket", model="tiny", task=task, le="1")
         assert singles < batches or batches == 1
-    assert metric(metrics, "pocketbert_http_requests_total", endpoint="/fill-mask", method="POST", status="200") == 24
+    assert (
+        metric(metrics, "pocketbert_http_requests_total", endpoint="/fill-mask", method="POST", status="200")
+        == 24
+    )
 
 
 def test_client_that_disconnects_costs_no_batch_slot(tiny_bundle: Path) -> None:
@@ -131,11 +172,20 @@ def test_client_that_disconnects_costs_no_batch_slot(tiny_bundle: Path) -> None:
         port = int(url.rsplit(":", 1)[1])
         body = b'{"inputs": "the cat [MASK] the park."}'
         with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            sock.sendall(
+                b"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             for _ in range(400):  # bounded: until the request sits in the queue
-                if metric(httpx.get(f"{url}/metrics").text, "pocketbert_queue_depth", model="tiny",
-                          task="fill-mask") == 1:
+                if (
+                    metric(
+                        httpx.get(f"{url}/metrics").text,
+                        "pocketbert_queue_depth",
+                        model="tiny",
+                        task="fill-mask",
+                    )
+                    == 1
+                ):
                     break
                 time.sleep(0.01)
             else:
@@ -148,9 +198,16 @@ def test_client_that_disconnects_costs_no_batch_slot(tiny_bundle: Path) -> None:
         assert metric(metrics, "pocketbert_batch_size_count", model="tiny", task="fill-mask") == 0
         for _ in range(100):
             metrics = httpx.get(f"{url}/metrics").text
-            if metric(metrics, "pocketbert_http_requests_total", endpoint="/fill-mask", method="POST", status="499"):
+            if metric(
+                metrics, "pocketbert_http_requests_total", endpoint="/fill-mask", method="POST", status="499"
+            ):
                 break
             time.sleep(0.01)
-        assert metric(metrics, "pocketbert_http_requests_total", endpoint="/fill-mask", method="POST", status="499") == 1
+        assert (
+            metric(
+                metrics, "pocketbert_http_requests_total", endpoint="/fill-mask", method="POST", status="499"
+            )
+            == 1
+        )
         # and the server still answers
         assert httpx.post(f"{url}/classify", json={"inputs": "fine"}, timeout=30).status_code == 200

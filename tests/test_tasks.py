@@ -18,8 +18,11 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_nsmc_skips_empty_and_missing_documents(tmp_path: Path) -> None:
-    path = write(tmp_path / "ratings.txt", "id\tdocument\tlabel\n1\t굳 ㅋ\t1\n2\t\t0\n3\t0\n"
-                 '4\t"""포스터 표정이 """"계획대로"""""""\t0\n5\t   \t1\n')
+    path = write(
+        tmp_path / "ratings.txt",
+        "id\tdocument\tlabel\n1\t굳 ㅋ\t1\n2\t\t0\n3\t0\n"
+        '4\t"""포스터 표정이 """"계획대로"""""""\t0\n5\t   \t1\n',
+    )
     data = read_nsmc(path)
     assert data.texts == ["굳 ㅋ", '"""포스터 표정이 """"계획대로"""""""']  # raw text, quotes kept
     assert data.labels == [1, 0]
@@ -34,10 +37,13 @@ def test_nsmc_reads_gzip(tmp_path: Path) -> None:
     assert read_nsmc(path).texts == ["좋아요"]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("1\tgood\t2\n", "ratings.txt:3: label must be 0 or 1"),
-    ("1\tgood\t1\textra\n", "ratings.txt:3: expected 3 tab-separated fields"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("1\tgood\t2\n", "ratings.txt:3: label must be 0 or 1"),
+        ("1\tgood\t1\textra\n", "ratings.txt:3: expected 3 tab-separated fields"),
+    ],
+)
 def test_nsmc_bad_rows_name_file_and_line(tmp_path: Path, body: str, message: str) -> None:
     path = write(tmp_path / "ratings.txt", "id\tdocument\tlabel\n9\tfine\t0\n" + body)
     with pytest.raises(CLIError, match=message):
@@ -71,8 +77,11 @@ def test_tsv_and_jsonl(tmp_path: Path) -> None:
     tsv = write(tmp_path / "train.tsv", "label\ttext\n10\tten\n2\ttwo\n2\tdeux\n")
     data = read_table(tsv)
     assert data.label_names == ["2", "10"] and data.labels == [1, 0, 0]  # numeric names in numeric order
-    jsonl = write(tmp_path / "train.jsonl", "\n".join(json.dumps(r) for r in [
-        {"text": "yes", "label": "pos"}, {"text": "no", "label": "neg"}]) + "\n")
+    jsonl = write(
+        tmp_path / "train.jsonl",
+        "\n".join(json.dumps(r) for r in [{"text": "yes", "label": "pos"}, {"text": "no", "label": "neg"}])
+        + "\n",
+    )
     assert read_table(jsonl).label_names == ["neg", "pos"]
     bad = write(tmp_path / "bad.jsonl", '{"text": "x", "label": "a"}\n{"text": "y"\n')
     with pytest.raises(CLIError, match="bad.jsonl:2: not a JSON object"):

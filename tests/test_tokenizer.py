@@ -50,7 +50,11 @@ def test_special_tokens_have_fixed_ids(tiny_tokenizer: Tokenizer) -> None:
 
 
 def test_english_and_korean_round_trip(tiny_tokenizer: Tokenizer) -> None:
-    for text in ["The cat likes the park.", "고양이가 정말 좋아한다.", "My friend 친구와 함께 visits the river."]:
+    for text in [
+        "The cat likes the park.",
+        "고양이가 정말 좋아한다.",
+        "My friend 친구와 함께 visits the river.",
+    ]:
         ids = tiny_tokenizer.encode_ids(text)
         assert all(i >= NUM_SPECIAL or i == 1 for i in ids)
         assert tiny_tokenizer.decode(ids) == text
@@ -64,11 +68,17 @@ def test_mask_typed_in_text_is_one_mask_token(tiny_tokenizer: Tokenizer) -> None
     # the lone word-start piece SentencePiece puts before a mask is dropped: the mask is the whole word
     pieces = tiny_tokenizer.tokenize("the [MASK]")
     assert pieces[pieces.index("[MASK]") - 1] != "\u2581"
-    assert tiny_tokenizer.decode(enc.input_ids, skip_special_tokens=False) == "[CLS] The cat sat on the [MASK]. [SEP]"
+    assert (
+        tiny_tokenizer.decode(enc.input_ids, skip_special_tokens=False)
+        == "[CLS] The cat sat on the [MASK]. [SEP]"
+    )
 
 
 def test_single_and_pair_layout(tiny_tokenizer: Tokenizer) -> None:
-    a, b = tiny_tokenizer.encode_ids("The cat likes the park."), tiny_tokenizer.encode_ids("고양이가 정말 좋아한다.")
+    a, b = (
+        tiny_tokenizer.encode_ids("The cat likes the park."),
+        tiny_tokenizer.encode_ids("고양이가 정말 좋아한다."),
+    )
     single = tiny_tokenizer.encode("The cat likes the park.")
     assert single.input_ids == [CLS_ID, *a, SEP_ID] and set(single.token_type_ids) == {0}
     pair = tiny_tokenizer.encode("The cat likes the park.", "고양이가 정말 좋아한다.")
@@ -84,7 +94,7 @@ def test_long_inputs_truncate_on_the_right_sides(tiny_tokenizer: Tokenizer) -> N
     assert len(pair) == 32
     sep = pair.input_ids.index(SEP_ID)
     kept_a, kept_b = pair.input_ids[1:sep], pair.input_ids[sep + 1 : -1]
-    assert kept_a == ids_a[-len(kept_a):]  # A keeps its end
+    assert kept_a == ids_a[-len(kept_a) :]  # A keeps its end
     assert kept_b == ids_b[: len(kept_b)]  # B keeps its start
     assert abs(len(kept_a) - len(kept_b)) <= 1
     single = tiny_tokenizer.encode(first, max_length=16)
@@ -92,7 +102,9 @@ def test_long_inputs_truncate_on_the_right_sides(tiny_tokenizer: Tokenizer) -> N
 
 
 def test_batch_is_padded_to_its_longest_member(tiny_tokenizer: Tokenizer) -> None:
-    batch = tiny_tokenizer.encode_batch(["The cat.", "The teacher watches the quiet mountain today."], max_length=64)
+    batch = tiny_tokenizer.encode_batch(
+        ["The cat.", "The teacher watches the quiet mountain today."], max_length=64
+    )
     assert batch.input_ids.shape == batch.attention_mask.shape == batch.token_type_ids.shape
     lengths = batch.attention_mask.sum(axis=1)
     assert lengths.max() == batch.input_ids.shape[1] and lengths.min() < lengths.max()
@@ -128,11 +140,19 @@ def test_reservoir_sample_is_bounded_and_uniform() -> None:
 
 def test_cli_trains_and_fails_cleanly(tmp_path: Path, tiny_corpus: Path) -> None:
     cmd = [sys.executable, "-m", "training.cli", "tokenizer", "train"]
-    ok = subprocess.run([*cmd, "--input", str(tiny_corpus), "--vocab-size", "130", "--out", str(tmp_path)],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [*cmd, "--input", str(tiny_corpus), "--vocab-size", "130", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "tokenizer.model").is_file()
-    bad = subprocess.run([*cmd, "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cmd, "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert "nope.txt: no such file" in bad.stderr and "Traceback" not in bad.stderr

@@ -34,13 +34,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text, _) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        command_parser = sub.add_parser(
+            name, help=help_text, description=help_text[:1].upper() + help_text[1:] + "."
+        )
         if name == command:
             _load(name).add_arguments(command_parser)
     return parser
 
 
-def _load(name: str):  # noqa: ANN202 - a module
+def _load(name: str):
     module_name, _, extra = COMMANDS[name]
     try:
         return importlib.import_module(module_name)
@@ -48,7 +50,8 @@ def _load(name: str):  # noqa: ANN202 - a module
         if exc.name and exc.name.split(".")[0] in {"app", "model", "training"}:
             raise SystemExit(f"pocketbert {name}: this command is not available in this version") from exc
         raise SystemExit(
-            f"pocketbert {name}: missing dependency '{exc.name}'; install it with: pip install 'pocketbert[{extra}]'"
+            f"pocketbert {name}: missing dependency '{exc.name}'; "
+            f"install it with: pip install 'pocketbert[{extra}]'"
         ) from exc
 
 

@@ -36,7 +36,7 @@ class ParityError(CLIError):
 
 
 # --- inputs -----------------------------------------------------------------------------------------
-def _load_checkpoint(path: str | Path, kind: str):  # noqa: ANN202 - (model, metadata)
+def _load_checkpoint(path: str | Path, kind: str):
     from model.bert import BertForPreTraining
     from model.checkpoint import load_model
 
@@ -45,16 +45,23 @@ def _load_checkpoint(path: str | Path, kind: str):  # noqa: ANN202 - (model, met
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     if (kind == "pretraining") != isinstance(model, BertForPreTraining):
-        raise CLIError(f"{path}: expected a {kind} checkpoint, got a {'pretraining' if kind != 'pretraining' else 'classification'} one")
+        raise CLIError(
+            f"{path}: expected a {kind} checkpoint, got a "
+            f"{'pretraining' if kind != 'pretraining' else 'classification'} one"
+        )
     return model, metadata
 
 
-def _check_tokenizer(tokenizer, metadata: dict[str, Any], vocab_size: int, what: str) -> None:  # noqa: ANN001
+def _check_tokenizer(tokenizer, metadata: dict[str, Any], vocab_size: int, what: str) -> None:
     if tokenizer.vocab_size != vocab_size:
-        raise CLIError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces, the {what} model {vocab_size}")
+        raise CLIError(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces, the {what} model {vocab_size}"
+        )
     recorded = metadata.get("tokenizer_sha256")
     if recorded and recorded != tokenizer.checksum:
-        raise CLIError(f"tokenizer {tokenizer.path} is not the one the {what} model was trained with (sha256 differs)")
+        raise CLIError(
+            f"tokenizer {tokenizer.path} is not the one the {what} model was trained with (sha256 differs)"
+        )
 
 
 def read_eval_text(path: str | Path, limit: int) -> list[str]:
@@ -67,7 +74,9 @@ def read_eval_text(path: str | Path, limit: int) -> list[str]:
     return lines
 
 
-def read_eval_dev(path: str | Path, task: str, label_names: list[str], limit: int) -> tuple[list[str], list[int]]:
+def read_eval_dev(
+    path: str | Path, task: str, label_names: list[str], limit: int
+) -> tuple[list[str], list[int]]:
     """A labelled dev set in one of fine-tuning's formats (training/tasks.py: nsmc, sst2, csv)."""
     from training.tasks import read_task
 
@@ -94,14 +103,18 @@ def random_batches(vocab_size: int, max_length: int, seed: int = 0) -> list[dict
             attention_mask[row, :n] = 1
             token_type_ids[row, n // 2 : n] = 1
             positions[row] = rng.integers(1, n, size=3)
-        batches.append({
-            "input_ids": ids.astype(np.int64), "token_type_ids": token_type_ids.astype(np.int64),
-            "attention_mask": attention_mask.astype(np.int64), "masked_positions": positions,
-        })
+        batches.append(
+            {
+                "input_ids": ids.astype(np.int64),
+                "token_type_ids": token_type_ids.astype(np.int64),
+                "attention_mask": attention_mask.astype(np.int64),
+                "masked_positions": positions,
+            }
+        )
     return batches
 
 
-def _torch_outputs(graph, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:  # noqa: ANN001
+def _torch_outputs(graph, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
     import torch
 
     with torch.inference_mode():
@@ -109,8 +122,9 @@ def _torch_outputs(graph, feeds: dict[str, np.ndarray], names: list[str]) -> lis
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def check_parity(specs: dict, paths: dict[str, Path], batches: list[dict[str, np.ndarray]],
-                 threads: int | None) -> dict[str, float]:
+def check_parity(
+    specs: dict, paths: dict[str, Path], batches: list[dict[str, np.ndarray]], threads: int | None
+) -> dict[str, float]:
     """Max abs difference per graph between torch and onnxruntime; raises ParityError above tolerance.
 
     specs: name -> onnx_utils.GraphSpec (the torch side), paths: name -> the ONNX file. Padded entries
@@ -130,13 +144,14 @@ def check_parity(specs: dict, paths: dict[str, Path], batches: list[dict[str, np
         report[name] = worst
         if not worst <= PARITY_TOLERANCE:
             raise ParityError(
-                f"{paths[name].name}: onnxruntime differs from torch by {worst:.3g} (max abs) > {PARITY_TOLERANCE}; "
+                f"{paths[name].name}: onnxruntime differs from torch by {worst:.3g} (max abs) > "
+                f"{PARITY_TOLERANCE}; "
                 "bundle not written"
             )
     return report
 
 
-def fill_mask_agreement(reference, candidate, sentences: list[str], seed: int = 0) -> dict:  # noqa: ANN001
+def fill_mask_agreement(reference, candidate, sentences: list[str], seed: int = 0) -> dict:
     """Mask one random ordinary token per sentence; top-1 agreement of candidate with reference engine.
 
     Also records how often each recovers the original token (meaningful for a trained model only).
@@ -165,13 +180,16 @@ def fill_mask_agreement(reference, candidate, sentences: list[str], seed: int = 
     if not total:
         raise CLIError("--eval-text: no sentence has an ordinary token to mask")
     return {
-        "sentences": total, "top1_agreement": agree / total,
-        "fp32_top1_accuracy": ref_correct / total, "int8_top1_accuracy": cand_correct / total,
-        "passed": agree / total >= INT8_MIN_AGREEMENT, "threshold": INT8_MIN_AGREEMENT,
+        "sentences": total,
+        "top1_agreement": agree / total,
+        "fp32_top1_accuracy": ref_correct / total,
+        "int8_top1_accuracy": cand_correct / total,
+        "passed": agree / total >= INT8_MIN_AGREEMENT,
+        "threshold": INT8_MIN_AGREEMENT,
     }
 
 
-def classifier_accuracy(engine, texts: list[str], labels: list[int]) -> float:  # noqa: ANN001
+def classifier_accuracy(engine, texts: list[str], labels: list[int]) -> float:
     correct = 0
     for start in range(0, len(texts), 32):
         logits = engine.run_classifier(engine.encode(texts[start : start + 32]))
@@ -269,17 +287,45 @@ def export_bundle(
             scratch = Path(scratch_dir)
             shutil.copyfile(tokenizer.path, scratch / "tokenizer.model")
             fp32, final, export_report, parity = _build_graphs(
-                pre_model, cls_model, scratch, max_length, optimize, quantize, threads, quiet)
+                pre_model, cls_model, scratch, max_length, optimize, quantize, threads, quiet
+            )
             int8 = _int8_checks(
-                scratch, {"max_length": max_length, "label_names": label_names}, fp32, final, quantize,
-                eval_text, eval_dev, eval_task or _default_task(cls_meta), eval_limit, label_names, threads)
-            for name, src in (("tokenizer.model", tokenizer.path), ("pretraining.onnx", final["pretraining"]),
-                              ("classifier.onnx", final["classifier"]), ("attention.onnx", fp32["attention"])):
+                scratch,
+                {"max_length": max_length, "label_names": label_names},
+                fp32,
+                final,
+                quantize,
+                eval_text,
+                eval_dev,
+                eval_task or _default_task(cls_meta),
+                eval_limit,
+                label_names,
+                threads,
+            )
+            for name, src in (
+                ("tokenizer.model", tokenizer.path),
+                ("pretraining.onnx", final["pretraining"]),
+                ("classifier.onnx", final["classifier"]),
+                ("attention.onnx", fp32["attention"]),
+            ):
                 shutil.copyfile(src, staging / name)
         info = _manifest(
-            staging, out_dir.name, pre_model, cls_model, pre_meta, cls_meta, tokenizer, max_length, label_names,
-            export_report, {"parity": parity, "int8": int8}, {"pretrained": str(pretrained), "classifier": str(classifier)})
-        (staging / MANIFEST).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            staging,
+            out_dir.name,
+            pre_model,
+            cls_model,
+            pre_meta,
+            cls_meta,
+            tokenizer,
+            max_length,
+            label_names,
+            export_report,
+            {"parity": parity, "int8": int8},
+            {"pretrained": str(pretrained), "classifier": str(classifier)},
+        )
+        (staging / MANIFEST).write_text(
+            json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         Engine.load(staging)  # the bundle must load as the service will load it
         _publish(staging, out_dir, overwrite)
     except BaseException:
@@ -290,8 +336,14 @@ def export_bundle(
 
 
 def _build_graphs(
-    pre_model, cls_model, scratch: Path, max_length: int, optimize: bool, quantize: str | None,  # noqa: ANN001
-    threads: int | None, quiet: bool,
+    pre_model,
+    cls_model,
+    scratch: Path,
+    max_length: int,
+    optimize: bool,
+    quantize: str | None,
+    threads: int | None,
+    quiet: bool,
 ) -> tuple[dict[str, Path], dict[str, Path], dict[str, Any], dict[str, Any]]:
     """Export, check parity, optionally fuse (and check again) and quantize.
 
@@ -308,8 +360,13 @@ def _build_graphs(
         _log(f"exporting {name}.onnx", quiet)
         fp32[name] = scratch / f"{name}.fp32.onnx"
         example = tuple(torch.from_numpy(batches[0][n]) for n in spec.inputs)
-        onnx_utils.export_graph(spec.module, example, spec.inputs, spec.outputs, fp32[name], spec.dynamic_outputs)
-    parity: dict[str, Any] = {"tolerance": PARITY_TOLERANCE, "fp32": check_parity(specs, fp32, batches, threads)}
+        onnx_utils.export_graph(
+            spec.module, example, spec.inputs, spec.outputs, fp32[name], spec.dynamic_outputs
+        )
+    parity: dict[str, Any] = {
+        "tolerance": PARITY_TOLERANCE,
+        "fp32": check_parity(specs, fp32, batches, threads),
+    }
     _log(f"parity fp32 (max abs): {parity['fp32']}", quiet)
 
     final = dict(fp32)  # attention.onnx stays fp32 and unfused: fused Attention cannot output probabilities
@@ -319,7 +376,8 @@ def _build_graphs(
         for name, model in fast.items():
             final[name] = scratch / f"{name}.opt.onnx"
             fusions[name] = onnx_utils.optimize(
-                fp32[name], final[name], model.config.num_attention_heads, model.config.hidden_size)
+                fp32[name], final[name], model.config.num_attention_heads, model.config.hidden_size
+            )
         _log(f"fusions: {fusions}", quiet)
         parity["optimized_fp32"] = check_parity({n: specs[n] for n in fast}, final, batches, threads)
     if quantize == "int8":
@@ -328,16 +386,31 @@ def _build_graphs(
             onnx_utils.quantize_int8(final[name], quantized)
             final[name] = quantized
     export_report = {
-        "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "opset": onnx_utils.OPSET,
-        "optimized": optimize, "fusions": fusions or None, "quantization": quantize,
-        "graphs": {f"{name}.onnx": {"inputs": spec.inputs, "outputs": spec.outputs} for name, spec in specs.items()},
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+        "opset": onnx_utils.OPSET,
+        "optimized": optimize,
+        "fusions": fusions or None,
+        "quantization": quantize,
+        "graphs": {
+            f"{name}.onnx": {"inputs": spec.inputs, "outputs": spec.outputs} for name, spec in specs.items()
+        },
     }
     return fp32, final, export_report, parity
 
 
 def _manifest(
-    staging: Path, name: str, pre_model, cls_model, pre_meta: dict, cls_meta: dict, tokenizer,  # noqa: ANN001
-    max_length: int, label_names: list[str], export_report: dict, checks: dict, sources: dict,
+    staging: Path,
+    name: str,
+    pre_model,
+    cls_model,
+    pre_meta: dict,
+    cls_meta: dict,
+    tokenizer,
+    max_length: int,
+    label_names: list[str],
+    export_report: dict,
+    checks: dict,
+    sources: dict,
 ) -> dict[str, Any]:
     """The content of bundle.json (see app/bundle.py for what loading requires of it)."""
     from app.bundle import FORMAT_VERSION, REQUIRED_FILES, checksums
@@ -375,9 +448,17 @@ def _default_task(metadata: dict[str, Any]) -> str:
 
 
 def _int8_checks(
-    scratch: Path, info: dict[str, Any], fp32: dict[str, Path], final: dict[str, Path], quantize: str | None,
-    eval_text: str | Path | None, eval_dev: str | Path | None, eval_task: str, eval_limit: int,
-    label_names: list[str], threads: int | None,
+    scratch: Path,
+    info: dict[str, Any],
+    fp32: dict[str, Path],
+    final: dict[str, Path],
+    quantize: str | None,
+    eval_text: str | Path | None,
+    eval_dev: str | Path | None,
+    eval_task: str,
+    eval_limit: int,
+    label_names: list[str],
+    threads: int | None,
 ) -> dict[str, Any]:
     """INT8 vs fp32 on held-out sentences and a dev set; records why a check did not run."""
     from app.engine import Engine
@@ -386,16 +467,27 @@ def _int8_checks(
         return {"run": False, "reason": "not quantized"}
     report: dict[str, Any] = {"run": True}
     files = {"tokenizer": "tokenizer.model"}
-    reference = Engine(scratch, info, intra_op_threads=threads, files={
-        **files, "pretraining": fp32["pretraining"].name, "classifier": fp32["classifier"].name})
-    candidate = Engine(scratch, info, intra_op_threads=threads, files={
-        **files, "pretraining": final["pretraining"].name, "classifier": final["classifier"].name})
+    reference = Engine(
+        scratch,
+        info,
+        intra_op_threads=threads,
+        files={**files, "pretraining": fp32["pretraining"].name, "classifier": fp32["classifier"].name},
+    )
+    candidate = Engine(
+        scratch,
+        info,
+        intra_op_threads=threads,
+        files={**files, "pretraining": final["pretraining"].name, "classifier": final["classifier"].name},
+    )
     if eval_text is None:
         report["fill_mask"] = {"run": False, "reason": "no --eval-text given"}
     else:
         sentences = read_eval_text(eval_text, eval_limit)
-        report["fill_mask"] = {"run": True, "file": str(eval_text),
-                               **fill_mask_agreement(reference, candidate, sentences)}
+        report["fill_mask"] = {
+            "run": True,
+            "file": str(eval_text),
+            **fill_mask_agreement(reference, candidate, sentences),
+        }
     if eval_dev is None:
         report["classifier"] = {"run": False, "reason": "no --eval-dev given"}
     else:
@@ -403,40 +495,91 @@ def _int8_checks(
         fp32_acc = classifier_accuracy(reference, texts, labels)
         int8_acc = classifier_accuracy(candidate, texts, labels)
         report["classifier"] = {
-            "run": True, "file": str(eval_dev), "task": eval_task, "examples": len(texts), "fp32_accuracy": fp32_acc,
-            "int8_accuracy": int8_acc, "drop_points": fp32_acc - int8_acc,
-            "passed": fp32_acc - int8_acc <= INT8_MAX_ACCURACY_DROP, "threshold_points": INT8_MAX_ACCURACY_DROP,
+            "run": True,
+            "file": str(eval_dev),
+            "task": eval_task,
+            "examples": len(texts),
+            "fp32_accuracy": fp32_acc,
+            "int8_accuracy": int8_acc,
+            "drop_points": fp32_acc - int8_acc,
+            "passed": fp32_acc - int8_acc <= INT8_MAX_ACCURACY_DROP,
+            "threshold_points": INT8_MAX_ACCURACY_DROP,
         }
     return report
 
 
 # --- CLI --------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pretrained", required=True, metavar="CKPT", help="pretraining model checkpoint (from `pretrain`)")
-    parser.add_argument("--classifier", required=True, metavar="CKPT", help="classifier model checkpoint (from `finetune`)")
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="folder (or file) of the tokenizer.model both were trained with")
-    parser.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write (written atomically)")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="dynamic INT8 quantization of the weights")
-    parser.add_argument("--optimize", action="store_true", help="apply onnxruntime's BERT fusions (Attention, LayerNorm, Gelu)")
-    parser.add_argument("--max-length", type=int, default=None, metavar="N",
-                        help="longest input in tokens (default: the classifier's fine-tuning max length, else 128)")
-    parser.add_argument("--eval-text", metavar="FILE", default=None,
-                        help="held-out sentences, one a line: INT8 vs fp32 fill-mask top-1 agreement")
-    parser.add_argument("--eval-dev", metavar="FILE", default=None,
-                        help="labelled dev set: INT8 vs fp32 classifier accuracy")
-    parser.add_argument("--eval-task", choices=["nsmc", "sst2", "csv"], default=None,
-                        help="format of --eval-dev (default: the classifier checkpoint's task, else csv)")
-    parser.add_argument("--eval-limit", type=int, default=2000, metavar="N", help="use at most N eval sentences / dev rows")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="onnxruntime threads for the checks")
+    parser.add_argument(
+        "--pretrained", required=True, metavar="CKPT", help="pretraining model checkpoint (from `pretrain`)"
+    )
+    parser.add_argument(
+        "--classifier", required=True, metavar="CKPT", help="classifier model checkpoint (from `finetune`)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="DIR",
+        help="folder (or file) of the tokenizer.model both were trained with",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write (written atomically)"
+    )
+    parser.add_argument(
+        "--quantize", choices=["int8"], default=None, help="dynamic INT8 quantization of the weights"
+    )
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="apply onnxruntime's BERT fusions (Attention, LayerNorm, Gelu)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="longest input in tokens (default: the classifier's fine-tuning max length, else 128)",
+    )
+    parser.add_argument(
+        "--eval-text",
+        metavar="FILE",
+        default=None,
+        help="held-out sentences, one a line: INT8 vs fp32 fill-mask top-1 agreement",
+    )
+    parser.add_argument(
+        "--eval-dev", metavar="FILE", default=None, help="labelled dev set: INT8 vs fp32 classifier accuracy"
+    )
+    parser.add_argument(
+        "--eval-task",
+        choices=["nsmc", "sst2", "csv"],
+        default=None,
+        help="format of --eval-dev (default: the classifier checkpoint's task, else csv)",
+    )
+    parser.add_argument(
+        "--eval-limit", type=int, default=2000, metavar="N", help="use at most N eval sentences / dev rows"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="onnxruntime threads for the checks"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
 
 
 def run(args: argparse.Namespace) -> int:
     info = export_bundle(
-        args.pretrained, args.classifier, args.tokenizer, args.out, quantize=args.quantize, optimize=args.optimize,
-        max_length=args.max_length, eval_text=args.eval_text, eval_dev=args.eval_dev, eval_task=args.eval_task,
+        args.pretrained,
+        args.classifier,
+        args.tokenizer,
+        args.out,
+        quantize=args.quantize,
+        optimize=args.optimize,
+        max_length=args.max_length,
+        eval_text=args.eval_text,
+        eval_dev=args.eval_dev,
+        eval_task=args.eval_task,
         eval_limit=args.eval_limit,
-        overwrite=args.overwrite, threads=args.threads, quiet=False,
+        overwrite=args.overwrite,
+        threads=args.threads,
+        quiet=False,
     )
     print(json.dumps({"bundle": str(args.out), "export": info["export"], "checks": info["checks"]}, indent=2))
     return 0

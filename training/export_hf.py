@@ -38,7 +38,7 @@ def _find_tokenizer(checkpoint: Path, metadata: dict[str, Any], given: str | Pat
     raise CLIError(f"{checkpoint}: no tokenizer.model found beside it; pass --tokenizer DIR")
 
 
-def tokenizer_json(tokenizer) -> str:  # noqa: ANN001 - model.tokenizer.Tokenizer
+def tokenizer_json(tokenizer) -> str:
     """A `tokenizers` definition equal to our SentencePiece tokenizer on ordinary text and [MASK]."""
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
@@ -61,17 +61,21 @@ def tokenizer_json(tokenizer) -> str:  # noqa: ANN001 - model.tokenizer.Tokenize
     # the text right after [MASK] keeps whatever space it has.
     hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="first", split=True)
     hf.decoder = decoders.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="first", split=True)
-    hf.add_special_tokens([
-        AddedToken(token, special=True, normalized=False, lstrip=token == "[MASK]") for token in SPECIAL_TOKENS
-    ])
+    hf.add_special_tokens(
+        [
+            AddedToken(token, special=True, normalized=False, lstrip=token == "[MASK]")
+            for token in SPECIAL_TOKENS
+        ]
+    )
     hf.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
     )
     return hf.to_str(pretty=True)
 
 
-def hf_config(model, metadata: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+def hf_config(model, metadata: dict[str, Any]) -> dict[str, Any]:
     from model.bert import BertForPreTraining
 
     config = model.config.to_hf_dict()
@@ -87,8 +91,12 @@ def hf_config(model, metadata: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN00
     return config
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-              overwrite: bool = False) -> Path:
+def export_hf(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the Hugging Face folder atomically; returns its path."""
     from safetensors.torch import save_file
 
@@ -102,7 +110,9 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | 
         raise CLIError(str(exc)) from exc
     tokenizer = Tokenizer(_find_tokenizer(checkpoint, metadata, tokenizer_dir))
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise CLIError(f"{tokenizer.path} has {tokenizer.vocab_size} pieces, {checkpoint} {model.config.vocab_size}")
+        raise CLIError(
+            f"{tokenizer.path} has {tokenizer.vocab_size} pieces, {checkpoint} {model.config.vocab_size}"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CLIError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
 
@@ -113,7 +123,9 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | 
         # and transformers ties them again on load (tie_word_embeddings).
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(hf_config(model, metadata), indent=2) + "\n", encoding="utf-8")
+        (staging / "config.json").write_text(
+            json.dumps(hf_config(model, metadata), indent=2) + "\n", encoding="utf-8"
+        )
         (staging / "tokenizer.json").write_text(tokenizer_json(tokenizer), encoding="utf-8")
         shutil.copyfile(tokenizer.path, staging / "spiece.model")  # the original, for reference
         names = dict(zip(("pad", "unk", "bos", "eos", "cls", "sep", "mask"), SPECIAL_TOKENS, strict=True))
@@ -124,9 +136,13 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | 
             "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],  # BERT reads segments
             **{f"{role}_token": token for role, token in names.items()},
         }
-        (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+        (staging / "tokenizer_config.json").write_text(
+            json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8"
+        )
         (staging / "special_tokens_map.json").write_text(
-            json.dumps({f"{role}_token": token for role, token in names.items()}, indent=2) + "\n", encoding="utf-8")
+            json.dumps({f"{role}_token": token for role, token in names.items()}, indent=2) + "\n",
+            encoding="utf-8",
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -137,11 +153,21 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="a pretraining (-> fill-mask) or classifier (-> text-classification) checkpoint")
-    parser.add_argument("out", metavar="OUT", help="folder to write (config.json, model.safetensors, tokenizer files)")
-    parser.add_argument("--tokenizer", metavar="DIR", default=None,
-                        help="folder (or file) of the tokenizer.model (default: the one the checkpoint records, "
-                        "else one beside it)")
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="a pretraining (-> fill-mask) or classifier (-> text-classification) checkpoint",
+    )
+    parser.add_argument(
+        "out", metavar="OUT", help="folder to write (config.json, model.safetensors, tokenizer files)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        default=None,
+        help="folder (or file) of the tokenizer.model (default: the one the checkpoint records, "
+        "else one beside it)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
 

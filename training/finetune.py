@@ -31,42 +31,81 @@ BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--task", required=True, choices=TASKS,
-                      help="nsmc (id/document/label TSV), sst2 (GLUE sentence/label TSV) or csv (.csv/.tsv/.jsonl)")
+    data.add_argument(
+        "--task",
+        required=True,
+        choices=TASKS,
+        help="nsmc (id/document/label TSV), sst2 (GLUE sentence/label TSV) or csv (.csv/.tsv/.jsonl)",
+    )
     data.add_argument("--train", required=True, help="training file")
-    data.add_argument("--dev", help="dev file: chooses the best epoch of each seed (or carve one: --dev-fraction)")
-    data.add_argument("--dev-fraction", type=float,
-                      help="instead of --dev: hold out this random share of --train as the dev set "
-                           "(reproducible: the same rows for every seed and run)")
+    data.add_argument(
+        "--dev", help="dev file: chooses the best epoch of each seed (or carve one: --dev-fraction)"
+    )
+    data.add_argument(
+        "--dev-fraction",
+        type=float,
+        help="instead of --dev: hold out this random share of --train as the dev set "
+        "(reproducible: the same rows for every seed and run)",
+    )
     data.add_argument("--test", help="test file, scored once with each seed's best checkpoint")
-    data.add_argument("--text-column", default="text", help="text column / field for --task csv (default text)")
-    data.add_argument("--label-column", default="label", help="label column / field for --task csv (default label)")
+    data.add_argument(
+        "--text-column", default="text", help="text column / field for --task csv (default text)"
+    )
+    data.add_argument(
+        "--label-column", default="label", help="label column / field for --task csv (default label)"
+    )
     data.add_argument("--limit-train", type=int, help="use a random subset of this many training examples")
     data.add_argument("--limit-dev", type=int, help="use a random subset of this many dev examples")
     data.add_argument("--limit-test", type=int, help="use a random subset of this many test examples")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--init", required=True,
-                       help="a pretrain model.pt / checkpoint.pt to start from, or 'scratch' for random weights")
-    model.add_argument("--tokenizer", help="tokenizer folder or .model (default: the one the checkpoint records)")
-    model.add_argument("--config", help="model config JSON for --init scratch (default: the 3-layer/256/4-head model)")
-    model.add_argument("--dropout", type=float, default=0.1,
-                       help="hidden and attention dropout while fine-tuning, whatever the pretrained model used "
-                            "(default 0.1, BERT's)")
-    model.add_argument("--out", required=True, help="output folder: model.pt (best seed), results.json, metrics")
+    model.add_argument(
+        "--init",
+        required=True,
+        help="a pretrain model.pt / checkpoint.pt to start from, or 'scratch' for random weights",
+    )
+    model.add_argument(
+        "--tokenizer", help="tokenizer folder or .model (default: the one the checkpoint records)"
+    )
+    model.add_argument(
+        "--config", help="model config JSON for --init scratch (default: the 3-layer/256/4-head model)"
+    )
+    model.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="hidden and attention dropout while fine-tuning, whatever the pretrained model used "
+        "(default 0.1, BERT's)",
+    )
+    model.add_argument(
+        "--out", required=True, help="output folder: model.pt (best seed), results.json, metrics"
+    )
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--seeds", default="1,2,3,4,5",
-                     help="comma-separated seeds, one full run each; their spread measures stability (default 1,2,3,4,5)")
+    opt.add_argument(
+        "--seeds",
+        default="1,2,3,4,5",
+        help="comma-separated seeds, one full run each; their spread measures stability (default 1,2,3,4,5)",
+    )
     opt.add_argument("--epochs", type=int, default=5, help="training epochs per seed (default 5)")
     opt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     opt.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
-    opt.add_argument("--max-length", type=int, default=128, help="tokens per example incl. [CLS]/[SEP] (default 128)")
-    opt.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps in linear warmup (default 0.1)")
-    opt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
-    opt.add_argument("--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)")
+    opt.add_argument(
+        "--max-length", type=int, default=128, help="tokens per example incl. [CLS]/[SEP] (default 128)"
+    )
+    opt.add_argument(
+        "--warmup-ratio", type=float, default=0.1, help="share of steps in linear warmup (default 0.1)"
+    )
+    opt.add_argument(
+        "--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)"
+    )
+    opt.add_argument(
+        "--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)"
+    )
     opt.add_argument("--evals-per-epoch", type=int, default=1, help="dev evaluations per epoch (default 1)")
-    opt.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)")
+    opt.add_argument(
+        "--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)"
+    )
     opt.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     opt.add_argument("--log-every", type=int, default=20, help="write a training metrics row every N steps")
 
@@ -91,8 +130,13 @@ def subsample(data: LabeledTexts, limit: int | None, seed: int = 0) -> LabeledTe
     import random
 
     keep = sorted(random.Random(seed).sample(range(len(data)), limit))
-    return LabeledTexts([data.texts[i] for i in keep], [data.labels[i] for i in keep], data.label_names,
-                        data.path, data.skipped)
+    return LabeledTexts(
+        [data.texts[i] for i in keep],
+        [data.labels[i] for i in keep],
+        data.label_names,
+        data.path,
+        data.skipped,
+    )
 
 
 @dataclass
@@ -108,14 +152,19 @@ class EncodedSet:
         return [len(x) for x in self.ids]
 
 
-def encode(tokenizer, data: LabeledTexts, max_length: int) -> EncodedSet:  # noqa: ANN001
+def encode(tokenizer, data: LabeledTexts, max_length: int) -> EncodedSet:
     """[CLS] text [SEP], truncated to max_length by the tokenizer (the one place that encodes text)."""
-    encodings = [tokenizer.build_inputs(ids, max_length=max_length) for ids in tokenizer.encode_ids_batch(data.texts)]
-    return EncodedSet([e.input_ids for e in encodings], [e.token_type_ids for e in encodings], list(data.labels))
+    encodings = [
+        tokenizer.build_inputs(ids, max_length=max_length) for ids in tokenizer.encode_ids_batch(data.texts)
+    ]
+    return EncodedSet(
+        [e.input_ids for e in encodings], [e.token_type_ids for e in encodings], list(data.labels)
+    )
 
 
-def bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[list[int]]:  # noqa: ANN001
-    """Shuffled batches of similar lengths: shuffle, sort within buckets of BUCKET_BATCHES batches, cut, shuffle.
+def bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths: shuffle, sort within buckets of BUCKET_BATCHES batches, cut,
+    shuffle.
 
     Batches are padded to their longest member, so grouping similar lengths keeps a batch of short
     reviews short (NSMC's median review is about a fifth of the longest).
@@ -132,7 +181,7 @@ def bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[lis
     return [batches[i] for i in order]
 
 
-def make_batch(data: EncodedSet, indices: list[int], device) -> dict:  # noqa: ANN001
+def make_batch(data: EncodedSet, indices: list[int], device) -> dict:
     """Pad the chosen examples to the batch's longest member; tensors on `device`."""
     import torch
 
@@ -182,13 +231,13 @@ def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
         raise CLIError(f"{exc} (give a pretrain model.pt, or --init scratch)") from exc
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    encoder = {k[len("bert."):]: v for k, v in weights.state.items() if k.startswith("bert.")}
+    encoder = {k[len("bert.") :]: v for k, v in weights.state.items() if k.startswith("bert.")}
     if not encoder:
         raise CLIError(f"{args.init}: holds no BERT encoder weights")
     return Init(str(args.init), weights.config, encoder, weights.metadata)
 
 
-def build_classifier(init: Init, num_labels: int, seed: int, device, dropout: float | None = None):  # noqa: ANN001, ANN201
+def build_classifier(init: Init, num_labels: int, seed: int, device, dropout: float | None = None):
     """A BertForSequenceClassification: the pooler and encoder from `init`, a fresh seeded classifier."""
     import torch
 
@@ -207,7 +256,7 @@ def build_classifier(init: Init, num_labels: int, seed: int, device, dropout: fl
 # --------------------------------------------------------------------------------------------------
 # train / evaluate one seed
 # --------------------------------------------------------------------------------------------------
-def evaluate(model, data: EncodedSet, device) -> dict[str, float]:  # noqa: ANN001
+def evaluate(model, data: EncodedSet, device) -> dict[str, float]:
     """Accuracy and mean loss; batches sorted by length (order does not change the figures)."""
     import torch
 
@@ -217,7 +266,9 @@ def evaluate(model, data: EncodedSet, device) -> dict[str, float]:  # noqa: ANN0
     with torch.no_grad():
         for start in range(0, len(order), EVAL_BATCH_SIZE):
             batch = make_batch(data, order[start : start + EVAL_BATCH_SIZE], device)
-            out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"])
+            out = model(
+                batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"]
+            )
             correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
             loss_sum += float(out.loss) * len(batch["labels"])
     n = max(1, len(data.labels))
@@ -236,8 +287,17 @@ class SeedResult:
     state: dict | None = None  # the best weights (CPU), kept only until written
 
 
-def train_seed(args: argparse.Namespace, seed: int, init: Init, num_labels: int, train: EncodedSet,
-               dev: EncodedSet, test: EncodedSet | None, majority_dev: float, log) -> SeedResult:  # noqa: ANN001
+def train_seed(
+    args: argparse.Namespace,
+    seed: int,
+    init: Init,
+    num_labels: int,
+    train: EncodedSet,
+    dev: EncodedSet,
+    test: EncodedSet | None,
+    majority_dev: float,
+    log,
+) -> SeedResult:
     import torch
     from tqdm import tqdm
 
@@ -261,7 +321,9 @@ def train_seed(args: argparse.Namespace, seed: int, init: Init, num_labels: int,
         for b, indices in enumerate(batches, start=1):
             model.train()
             batch = make_batch(train, indices, device)
-            out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"])
+            out = model(
+                batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"]
+            )
             out.loss.backward()
             if args.clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -274,25 +336,52 @@ def train_seed(args: argparse.Namespace, seed: int, init: Init, num_labels: int,
             window_tokens += int(batch["attention_mask"].sum())
             tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", best_dev=f"{max(best_acc, 0):.4f}",
-                            tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{out.loss.item():.3f}",
+                best_dev=f"{max(best_acc, 0):.4f}",
+                tok_s=f"{tokens_per_s:,.0f}",
+                refresh=False,
+            )
             if step % args.log_every == 0:
-                log({"seed": seed, "step": step, "split": "train", "loss": window_loss / window_n,
-                     "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s})
+                log(
+                    {
+                        "seed": seed,
+                        "step": step,
+                        "split": "train",
+                        "loss": window_loss / window_n,
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": tokens_per_s,
+                    }
+                )
                 window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
             if b in eval_at:
                 metrics = evaluate(model, dev, device)
-                log({"seed": seed, "step": step, "epoch": round(step / steps_per_epoch, 3), "split": "dev",
-                     "acc": metrics["acc"], "loss": metrics["loss"]})
+                log(
+                    {
+                        "seed": seed,
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 3),
+                        "split": "dev",
+                        "acc": metrics["acc"],
+                        "loss": metrics["loss"],
+                    }
+                )
                 if metrics["acc"] > best_acc:
                     best_acc, best_step = metrics["acc"], step
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     bar.close()
     model.load_state_dict(best_state)
     test_acc = evaluate(model, test, device)["acc"] if test is not None else None
-    return SeedResult(seed, best_acc, best_step, round(best_step / steps_per_epoch, 3), test_acc,
-                      failed=best_acc <= majority_dev, seconds=round(time.perf_counter() - started, 1),
-                      state=best_state)
+    return SeedResult(
+        seed,
+        best_acc,
+        best_step,
+        round(best_step / steps_per_epoch, 3),
+        test_acc,
+        failed=best_acc <= majority_dev,
+        seconds=round(time.perf_counter() - started, 1),
+        state=best_state,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,9 +410,20 @@ def summarise(args: argparse.Namespace, results: list[SeedResult], extra: dict[s
         "failed_runs": sum(r.failed for r in results),
         "runs": len(results),
         "best_seed": best.seed,
-        "hyperparameters": {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_length",
-                                                          "warmup_ratio", "weight_decay", "clip", "dropout",
-                                                          "dev_fraction")},
+        "hyperparameters": {
+            k: getattr(args, k)
+            for k in (
+                "epochs",
+                "lr",
+                "batch_size",
+                "max_length",
+                "warmup_ratio",
+                "weight_decay",
+                "clip",
+                "dropout",
+                "dev_fraction",
+            )
+        },
         **extra,
     }
 
@@ -333,11 +433,15 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"\n{'seed':>6} {'dev acc':>8} {'test acc':>9} {'best epoch':>11} {'failed':>7}")
     for r in summary["seeds"]:
         test = f"{r['test_acc']:.4f}" if r["test_acc"] is not None else "-"
-        print(f"{r['seed']:>6} {r['best_dev_acc']:>8.4f} {test:>9} {r['best_epoch']:>11} {str(r['failed']):>7}")
+        print(
+            f"{r['seed']:>6} {r['best_dev_acc']:>8.4f} {test:>9} {r['best_epoch']:>11} {str(r['failed']):>7}"
+        )
     test = f"{summary['test_acc_mean']:.4f} ± {summary['test_acc_std']:.4f}" if has_test else "-"
-    print(f"  mean dev {summary['dev_acc_mean']:.4f} ± {summary['dev_acc_std']:.4f}, test {test}, "
-          f"failed {summary['failed_runs']}/{summary['runs']} (majority-class dev accuracy "
-          f"{summary['majority_dev_acc']:.4f})")
+    print(
+        f"  mean dev {summary['dev_acc_mean']:.4f} ± {summary['dev_acc_std']:.4f}, test {test}, "
+        f"failed {summary['failed_runs']}/{summary['runs']} (majority-class dev accuracy "
+        f"{summary['majority_dev_acc']:.4f})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -365,8 +469,11 @@ def run(args: argparse.Namespace) -> int:
         train_data, dev_data = split_dev(train_data, args.dev_fraction)
     else:
         dev_data = read_task(args.task, args.dev, train_data.label_names, args.text_column, args.label_column)
-    test_data = (read_task(args.task, args.test, train_data.label_names, args.text_column, args.label_column)
-                 if args.test else None)
+    test_data = (
+        read_task(args.task, args.test, train_data.label_names, args.text_column, args.label_column)
+        if args.test
+        else None
+    )
     for d in (train_data, dev_data, test_data):
         if d is not None and d.skipped:
             print(f"{d.path}: skipped {d.skipped} rows with an empty or missing text")
@@ -381,18 +488,25 @@ def run(args: argparse.Namespace) -> int:
         init = load_init(args, vocab_size=None)
         tokenizer = resolve_tokenizer(args.tokenizer, init.metadata, args.init)
     if init.config.vocab_size != tokenizer.vocab_size:
-        raise CLIError(f"{args.init}: vocabulary {init.config.vocab_size} but the tokenizer has {tokenizer.vocab_size}")
+        raise CLIError(
+            f"{args.init}: vocabulary {init.config.vocab_size} but the tokenizer has {tokenizer.vocab_size}"
+        )
     if args.max_length > init.config.max_position_embeddings:
-        raise CLIError(f"--max-length {args.max_length} exceeds the model's {init.config.max_position_embeddings} positions")
+        raise CLIError(
+            f"--max-length {args.max_length} exceeds the model's "
+            f"{init.config.max_position_embeddings} positions"
+        )
 
     train_set = encode(tokenizer, train_data, args.max_length)
     dev_set = encode(tokenizer, dev_data, args.max_length)
     test_set = encode(tokenizer, test_data, args.max_length) if test_data is not None else None
     num_labels = len(train_data.label_names)
     majority_dev = dev_data.majority_accuracy()
-    print(f"{args.task}: {len(train_set.labels)} train, {len(dev_set.labels)} dev"
-          + (f", {len(test_set.labels)} test" if test_set else "")
-          + f"; labels {train_data.label_names}; init {init.name}; seeds {seeds}")
+    print(
+        f"{args.task}: {len(train_set.labels)} train, {len(dev_set.labels)} dev"
+        + (f", {len(test_set.labels)} test" if test_set else "")
+        + f"; labels {train_data.label_names}; init {init.name}; seeds {seeds}"
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -407,10 +521,16 @@ def run(args: argparse.Namespace) -> int:
         "label_names": train_data.label_names,
         "majority_dev_acc": majority_dev,
         "majority_test_acc": test_data.majority_accuracy() if test_data is not None else None,
-        "examples": {"train": len(train_set.labels), "dev": len(dev_set.labels),
-                     "test": len(test_set.labels) if test_set else 0},
-        "skipped": {"train": train_data.skipped, "dev": dev_data.skipped,
-                    "test": test_data.skipped if test_data is not None else 0},
+        "examples": {
+            "train": len(train_set.labels),
+            "dev": len(dev_set.labels),
+            "test": len(test_set.labels) if test_set else 0,
+        },
+        "skipped": {
+            "train": train_data.skipped,
+            "dev": dev_data.skipped,
+            "test": test_data.skipped if test_data is not None else 0,
+        },
         "tokenizer_sha256": tokenizer.checksum,
     }
     results: list[SeedResult] = []
@@ -423,11 +543,20 @@ def run(args: argparse.Namespace) -> int:
             best_dev = result.best_dev_acc
             model = build_classifier(init, num_labels, seed, "cpu", args.dropout)
             model.load_state_dict(result.state)
-            save_model(out / "model.pt", model, {
-                "label_names": train_data.label_names, "task": args.task, "max_length": args.max_length,
-                "seed": seed, "results": summary, "tokenizer_sha256": tokenizer.checksum,
-                "tokenizer": str(tokenizer.path.resolve()), "init": args.init,
-            })
+            save_model(
+                out / "model.pt",
+                model,
+                {
+                    "label_names": train_data.label_names,
+                    "task": args.task,
+                    "max_length": args.max_length,
+                    "seed": seed,
+                    "results": summary,
+                    "tokenizer_sha256": tokenizer.checksum,
+                    "tokenizer": str(tokenizer.path.resolve()),
+                    "init": args.init,
+                },
+            )
         result.state = None
         (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_run(out)
@@ -435,5 +564,8 @@ def run(args: argparse.Namespace) -> int:
     model, metadata = load_model(out / "model.pt")
     save_model(out / "model.pt", model, {**metadata, "results": summary})  # the final table, all seeds
     print_table(summary)
-    print(f"wrote {out / 'results.json'}, {out / 'model.pt'} (seed {summary['best_seed']}), {out / 'metrics.png'}")
+    print(
+        f"wrote {out / 'results.json'}, {out / 'model.pt'} (seed {summary['best_seed']}), "
+        f"{out / 'metrics.png'}"
+    )
     return 0

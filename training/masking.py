@@ -1,6 +1,7 @@
 """Dynamic masked-language-model masking, applied at batch time (a fresh mask every epoch).
 
-BERT's recipe: 15% of the maskable tokens are chosen (maskable = not special, not padding: ids >= NUM_SPECIAL);
+BERT's recipe: 15% of the maskable tokens are chosen (maskable = not special, not padding:
+ids >= NUM_SPECIAL);
 of the chosen, 80% become [MASK], 10% a random ordinary token that differs from the original, 10% stay as
 they are. The loss looks only at the chosen positions: labels hold the original id there and -100 (ignored
 by cross-entropy) elsewhere. Everything is tensor operations over the whole batch, no loop per token.
@@ -17,7 +18,7 @@ from model.bert import IGNORE_INDEX  # labels of the unchosen positions, re-expo
 from model.tokenizer import MASK_ID, NUM_SPECIAL, WORD_BOUNDARY
 
 
-def word_start_table(tokenizer) -> torch.Tensor:  # noqa: ANN001 - model.tokenizer.Tokenizer
+def word_start_table(tokenizer) -> torch.Tensor:
     """(vocab_size,) bool: True for the pieces that begin a word ("▁..."); special tokens are False."""
     table = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
     for token_id in range(NUM_SPECIAL, tokenizer.vocab_size):
@@ -96,7 +97,7 @@ class MLMCollator:
         self.generator = generator
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> MLMCollator:  # noqa: ANN001
+    def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> MLMCollator:
         table = word_start_table(tokenizer) if whole_word else None
         return cls(tokenizer.vocab_size, word_start_table=table, **kwargs)
 

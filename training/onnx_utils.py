@@ -47,7 +47,7 @@ class PretrainingGraph(nn.Module):
         self.model = model
         self.eval()  # the exporter restores this mode afterwards: it must not be training (dropout)
 
-    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions):  # noqa: ANN001, ANN201
+    def forward(self, input_ids, token_type_ids, attention_mask, masked_positions):
         out = self.model(input_ids, token_type_ids, attention_mask, masked_positions=masked_positions)
         return out.mlm_logits, out.nsp_logits
 
@@ -58,7 +58,7 @@ class ClassifierGraph(nn.Module):
         self.model = model
         self.eval()  # the exporter restores this mode afterwards: it must not be training (dropout)
 
-    def forward(self, input_ids, token_type_ids, attention_mask):  # noqa: ANN001, ANN201
+    def forward(self, input_ids, token_type_ids, attention_mask):
         return self.model(input_ids, token_type_ids, attention_mask).logits
 
 
@@ -73,7 +73,7 @@ class AttentionGraph(nn.Module):
         self.bert = model.bert
         self.eval()
 
-    def forward(self, input_ids, token_type_ids, attention_mask):  # noqa: ANN001, ANN201
+    def forward(self, input_ids, token_type_ids, attention_mask):
         _, _, attentions = self.bert(input_ids, token_type_ids, attention_mask, output_attentions=True)
         return torch.stack(attentions)
 
@@ -88,24 +88,40 @@ class GraphSpec:
     dynamic_outputs: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
-def bundle_graphs(pretraining: BertForPreTraining, classifier: BertForSequenceClassification) -> dict[str, GraphSpec]:
+def bundle_graphs(
+    pretraining: BertForPreTraining, classifier: BertForSequenceClassification
+) -> dict[str, GraphSpec]:
     """The three graphs of a bundle, traced from eager-attention copies of the models."""
     eager_pre = with_eager_attention(pretraining)
     return {
         "pretraining": GraphSpec(
-            PretrainingGraph(eager_pre), [*ENCODER_INPUTS, "masked_positions"], ["mlm_logits", "nsp_logits"],
-            {"mlm_logits": {0: "batch", 1: "positions"}, "nsp_logits": {0: "batch"}}),
+            PretrainingGraph(eager_pre),
+            [*ENCODER_INPUTS, "masked_positions"],
+            ["mlm_logits", "nsp_logits"],
+            {"mlm_logits": {0: "batch", 1: "positions"}, "nsp_logits": {0: "batch"}},
+        ),
         "classifier": GraphSpec(
-            ClassifierGraph(with_eager_attention(classifier)), ENCODER_INPUTS, ["logits"], {"logits": {0: "batch"}}),
+            ClassifierGraph(with_eager_attention(classifier)),
+            ENCODER_INPUTS,
+            ["logits"],
+            {"logits": {0: "batch"}},
+        ),
         "attention": GraphSpec(
-            AttentionGraph(eager_pre), ENCODER_INPUTS, ["attentions"],
-            {"attentions": {1: "batch", 3: "sequence", 4: "sequence"}}),
+            AttentionGraph(eager_pre),
+            ENCODER_INPUTS,
+            ["attentions"],
+            {"attentions": {1: "batch", 3: "sequence", 4: "sequence"}},
+        ),
     }
 
 
 def export_graph(
-    module: nn.Module, example: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
-    path: Path, dynamic_outputs: dict[str, dict[int, str]],
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+    dynamic_outputs: dict[str, dict[int, str]],
 ) -> None:
     """torch.onnx.export (TorchScript exporter) with dynamic batch and sequence axes on every input."""
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
@@ -115,8 +131,15 @@ def export_graph(
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is checked afterwards
         torch.onnx.export(
-            module, example, str(path), input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            module,
+            example,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
         )
 
 
@@ -125,7 +148,9 @@ def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the Python fusions; onnxruntime applies its own graph optimizations at load time.
-    model = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    model = optimize_model(
+        str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+    )
     model.save_model_to_file(str(out))
     stats = model.get_fused_operator_statistics()
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
@@ -144,7 +169,11 @@ def quantize_int8(path: Path, out: Path) -> None:
     try:
         # Fused contrib ops (Attention, SkipLayerNormalization) defeat ONNX shape inference: their
         # outputs' type must be given. Everything here is float32.
-        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        quantize_dynamic(
+            str(path),
+            str(out),
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)

@@ -102,7 +102,9 @@ def plot_run(run_dir: str | Path) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a pretrain or finetune output folder with metrics.jsonl")
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a pretrain or finetune output folder with metrics.jsonl"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -472,7 +472,7 @@ class NpyAppender:
     def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...] = ()) -> None:
         self.path, self.dtype, self.row_shape = path, np.dtype(dtype), row_shape
         self.rows = 0
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close(), after many appends
         self._file.write(self._header())
 
     def _header(self) -> bytes:
@@ -568,7 +568,7 @@ def prepare(
     text_column: str | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Write pretraining instances of `inputs` to out_dir (layout in the module docstring); return the index."""
+    """Write pretraining instances of `inputs` to out_dir (layout: module docstring); return the index."""
     from tqdm import tqdm
 
     from model.tokenizer import NUM_SPECIAL, Tokenizer
@@ -607,7 +607,8 @@ def prepare(
             for result in _parallel_map(process_chunk, chunks, workers, _init_worker, (config,)):
                 if result.index == 0 and result.unk_tokens > MAX_UNK_FRACTION * max(result.tokens, 1):
                     raise CLIError(
-                        f"{tokenizer.path}: does not match {source}: {result.unk_tokens / result.tokens:.0%} of "
+                        f"{tokenizer.path}: does not match {source}: "
+                        f"{result.unk_tokens / result.tokens:.0%} of "
                         "the tokens are [UNK]; train a tokenizer on this kind of text"
                     )
                 corpus_tokens += result.tokens

@@ -33,24 +33,40 @@ EVAL_MLM_PROBABILITY = 0.15
 # --------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("data and output")
-    io.add_argument("--data", required=True, nargs="+", metavar="DIR",
-                    help="folder(s) written by `pocketbert prepare` with the same tokenizer and length; several "
-                         "are read as one training set (e.g. Wikipedia + in-domain text), validated on the first")
-    io.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.jsonl, metrics.png")
-    io.add_argument("--resume", action="store_true",
-                    help="continue from OUT/checkpoint.pt exactly where it stopped (starts fresh if there is none)")
+    io.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="folder(s) written by `pocketbert prepare` with the same tokenizer and length; several "
+        "are read as one training set (e.g. Wikipedia + in-domain text), validated on the first",
+    )
+    io.add_argument(
+        "--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.jsonl, metrics.png"
+    )
+    io.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt exactly where it stopped (starts fresh if there is none)",
+    )
 
     model = parser.add_argument_group("model (ignored on --resume: the checkpoint's config is used)")
-    model.add_argument("--init", metavar="MODEL",
-                       help="start from the weights of a model.pt or checkpoint.pt (its config; a fresh optimiser "
-                            "and schedule): continued pretraining on other data or with another recipe")
+    model.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from the weights of a model.pt or checkpoint.pt (its config; a fresh optimiser "
+        "and schedule): continued pretraining on other data or with another recipe",
+    )
     model.add_argument("--config", help="model config JSON (BertConfig / Hugging Face field names)")
     model.add_argument("--hidden-size", type=int, default=256, help="hidden size (default 256)")
     model.add_argument("--layers", type=int, default=3, help="number of transformer layers (default 3)")
     model.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     model.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden size)")
-    model.add_argument("--dropout", type=float,
-                       help="hidden and attention dropout (default: the config's, 0.1 for a new model)")
+    model.add_argument(
+        "--dropout",
+        type=float,
+        help="hidden and attention dropout (default: the config's, 0.1 for a new model)",
+    )
 
     opt = parser.add_argument_group("optimisation (on --resume, each defaults to the checkpoint's value)")
     opt.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 32)")
@@ -61,31 +77,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.01)")
     opt.add_argument("--clip", type=float, help="gradient clipping max norm, 0 = off (default 1.0)")
     opt.add_argument("--mlm-probability", type=float, help="share of tokens masked (default 0.15)")
-    opt.add_argument("--whole-word-mask", action="store_true", default=None,
-                     help="choose whole words (a '▁' piece and the pieces after it) instead of single pieces")
-    opt.add_argument("--tokenizer",
-                     help="tokenizer folder for --whole-word-mask (default: the one the data's index.json records)")
+    opt.add_argument(
+        "--whole-word-mask",
+        action="store_true",
+        default=None,
+        help="choose whole words (a '▁' piece and the pieces after it) instead of single pieces",
+    )
+    opt.add_argument(
+        "--tokenizer",
+        help="tokenizer folder for --whole-word-mask (default: the one the data's index.json records)",
+    )
     opt.add_argument("--seed", type=int, help="seed of initialisation, data order and masks (default 0)")
 
     run_ = parser.add_argument_group("running")
-    run_.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)")
-    run_.add_argument("--precision", choices=("fp32", "bf16"),
-                      help="bf16 autocast for matmuls (faster on GPUs and CPUs with AVX512-BF16/AMX; default fp32)")
-    run_.add_argument("--compile", action="store_true", help="torch.compile the model (off: it does not pay on CPU)")
-    run_.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, split between DDP ranks)")
+    run_.add_argument(
+        "--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)"
+    )
+    run_.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="bf16 autocast for matmuls (faster on GPUs and CPUs with AVX512-BF16/AMX; default fp32)",
+    )
+    run_.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (off: it does not pay on CPU)"
+    )
+    run_.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: all cores, split between DDP ranks)"
+    )
     run_.add_argument("--eval-every", type=int, default=100, help="evaluate on the valid split every N steps")
-    run_.add_argument("--eval-batches", type=int, default=50, help="validation batches per evaluation (default 50)")
-    run_.add_argument("--save-every", type=int, default=500, help="write checkpoint.pt every N steps (and at the end)")
+    run_.add_argument(
+        "--eval-batches", type=int, default=50, help="validation batches per evaluation (default 50)"
+    )
+    run_.add_argument(
+        "--save-every", type=int, default=500, help="write checkpoint.pt every N steps (and at the end)"
+    )
     run_.add_argument("--log-every", type=int, default=10, help="write a training metrics row every N steps")
-    run_.add_argument("--stop-at", type=int,
-                      help="save and stop after this step, keeping the schedule of --steps (to pause a run)")
+    run_.add_argument(
+        "--stop-at",
+        type=int,
+        help="save and stop after this step, keeping the schedule of --steps (to pause a run)",
+    )
 
 
 # Options that define a run. Left out on --resume they take the checkpoint's values, so that
 # `pocketbert pretrain --data D --out O --resume` continues the same schedule; else these defaults.
 RUN_DEFAULTS: dict[str, Any] = {
-    "batch_size": 32, "grad_accum": 1, "steps": 1000, "lr": 5e-4, "warmup": None, "weight_decay": 0.01,
-    "clip": 1.0, "mlm_probability": 0.15, "seed": 0, "precision": "fp32", "whole_word_mask": False,
+    "batch_size": 32,
+    "grad_accum": 1,
+    "steps": 1000,
+    "lr": 5e-4,
+    "warmup": None,
+    "weight_decay": 0.01,
+    "clip": 1.0,
+    "mlm_probability": 0.15,
+    "seed": 0,
+    "precision": "fp32",
+    "whole_word_mask": False,
     "tokenizer": None,
 }
 
@@ -107,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
 
 # Options a resumed run cannot change: the saved data position counts batches of this size, drawn in
 # the order this seed defines.
-FIXED_ON_RESUME = {"batch_size": "the saved data position counts batches of that size",
-                   "seed": "the saved data position refers to the data order that seed defines"}
+FIXED_ON_RESUME = {
+    "batch_size": "the saved data position counts batches of that size",
+    "seed": "the saved data position refers to the data order that seed defines",
+}
 
 
 def fill_run_options(args: argparse.Namespace, saved: dict[str, Any]) -> None:
@@ -125,13 +174,23 @@ def fill_run_options(args: argparse.Namespace, saved: dict[str, Any]) -> None:
             setattr(args, name, saved.get(name, default))
         elif name in saved and saved[name] != given:
             if name in FIXED_ON_RESUME:
-                raise CLIError(f"{flag} {given} differs from the checkpoint's {saved[name]} and cannot change on "
-                               f"--resume: {FIXED_ON_RESUME[name]}")
+                raise CLIError(
+                    f"{flag} {given} differs from the checkpoint's {saved[name]} and cannot change on "
+                    f"--resume: {FIXED_ON_RESUME[name]}"
+                )
             print(f"note: {flag} changes from {saved[name]} to {given} from the resumed step on")
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "grad_accum", "steps", "eval_every", "eval_batches", "save_every", "log_every"):
+    for name in (
+        "batch_size",
+        "grad_accum",
+        "steps",
+        "eval_every",
+        "eval_batches",
+        "save_every",
+        "log_every",
+    ):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.lr <= 0:
@@ -150,8 +209,10 @@ def read_index(data_dirs: str | Path | list) -> dict[str, Any]:
     for folder, index in zip(dirs[1:], indexes[1:], strict=True):
         for key in ("tokenizer_sha256", "max_length", "vocab_size"):
             if index.get(key) != first.get(key):
-                raise CLIError(f"{folder}: {key} {index.get(key)!r} differs from {dirs[0]}'s {first.get(key)!r}; "
-                               "prepare every --data folder with the same tokenizer and --max-length")
+                raise CLIError(
+                    f"{folder}: {key} {index.get(key)!r} differs from {dirs[0]}'s {first.get(key)!r}; "
+                    "prepare every --data folder with the same tokenizer and --max-length"
+                )
     return first
 
 
@@ -169,7 +230,7 @@ def _read_one_index(data_dir: str | Path) -> dict[str, Any]:
     return index
 
 
-def build_config(args: argparse.Namespace, index: dict[str, Any]):  # noqa: ANN201 - BertConfig
+def build_config(args: argparse.Namespace, index: dict[str, Any]):
     """The model config from --config or the size flags; vocabulary and length come from the data."""
     from model.config import BertConfig
 
@@ -183,7 +244,9 @@ def build_config(args: argparse.Namespace, index: dict[str, Any]):  # noqa: ANN2
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise CLIError(f"{path}: not a valid model config ({exc})") from exc
         if config.vocab_size != vocab_size:
-            raise CLIError(f"{path}: vocab_size {config.vocab_size} but the data's tokenizer has {vocab_size}")
+            raise CLIError(
+                f"{path}: vocab_size {config.vocab_size} but the data's tokenizer has {vocab_size}"
+            )
     else:
         try:
             config = BertConfig(
@@ -197,11 +260,13 @@ def build_config(args: argparse.Namespace, index: dict[str, Any]):  # noqa: ANN2
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
     if config.max_position_embeddings < max_length:
-        raise CLIError(f"max_position_embeddings {config.max_position_embeddings} < data max_length {max_length}")
+        raise CLIError(
+            f"max_position_embeddings {config.max_position_embeddings} < data max_length {max_length}"
+        )
     return config
 
 
-def read_init(path: str | Path, index: dict[str, Any]):  # noqa: ANN201 - model.checkpoint.Weights
+def read_init(path: str | Path, index: dict[str, Any]):
     """The weights --init starts from, checked against the data's vocabulary and tokenizer."""
     from model.checkpoint import read_weights
 
@@ -210,23 +275,30 @@ def read_init(path: str | Path, index: dict[str, Any]):  # noqa: ANN201 - model.
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     if weights.kind != "pretraining":
-        raise CLIError(f"{path}: a {weights.kind} model; --init needs a pretraining model.pt or checkpoint.pt")
+        raise CLIError(
+            f"{path}: a {weights.kind} model; --init needs a pretraining model.pt or checkpoint.pt"
+        )
     if weights.config.vocab_size != int(index["vocab_size"]):
-        raise CLIError(f"{path}: vocabulary {weights.config.vocab_size}, the data's tokenizer has {index['vocab_size']}")
+        raise CLIError(
+            f"{path}: vocabulary {weights.config.vocab_size}, the data's tokenizer has {index['vocab_size']}"
+        )
     recorded = weights.metadata.get("tokenizer_sha256")
     if recorded and index.get("tokenizer_sha256") and recorded != index["tokenizer_sha256"]:
         raise CLIError(f"{path}: trained with another tokenizer than the data's (sha256 differs)")
     if weights.config.max_position_embeddings < int(index["max_length"]):
-        raise CLIError(f"{path}: {weights.config.max_position_embeddings} positions < data max_length "
-                       f"{index['max_length']}")
+        raise CLIError(
+            f"{path}: {weights.config.max_position_embeddings} positions < data max_length "
+            f"{index['max_length']}"
+        )
     return weights
 
 
 # --------------------------------------------------------------------------------------------------
 # data order: a pure function of (seed, epoch, rank) so a checkpoint only needs (epoch, batch index)
 # --------------------------------------------------------------------------------------------------
-def epoch_batches(sizes: int | list[int], batch_size: int, seed: int, epoch: int, rank: int = 0,
-                  world_size: int = 1):
+def epoch_batches(
+    sizes: int | list[int], batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+):
     """The micro-batches (tensors of example indices) this rank reads in `epoch`.
 
     One permutation per epoch, dealt round-robin to the ranks and cut to equal lengths, so every rank
@@ -263,8 +335,15 @@ class DataPosition:
 class BatchStream:
     """Micro-batches of the train split in a deterministic order, resumable from a DataPosition."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int, world_size: int,  # noqa: ANN001
-                 position: DataPosition) -> None:
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        position: DataPosition,
+    ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -274,7 +353,11 @@ class BatchStream:
         self._batches = self._epoch(position.epoch)
 
     def _epoch(self, epoch: int) -> list:
-        sizes = [len(d) for d in self.dataset.datasets] if hasattr(self.dataset, "datasets") else len(self.dataset)
+        sizes = (
+            [len(d) for d in self.dataset.datasets]
+            if hasattr(self.dataset, "datasets")
+            else len(self.dataset)
+        )
         batches = epoch_batches(sizes, self.batch_size, self.seed, epoch, self.rank, self.world_size)
         if not batches:
             raise CLIError(
@@ -300,7 +383,7 @@ class BatchStream:
 class Trainer:
     """One pretraining run: state, the step, evaluation, checkpoints, logging."""
 
-    def __init__(self, args: argparse.Namespace, runtime, resume_state: dict | None = None) -> None:  # noqa: ANN001
+    def __init__(self, args: argparse.Namespace, runtime, resume_state: dict | None = None) -> None:
         import torch
 
         from model.bert import BertForPreTraining
@@ -346,8 +429,9 @@ class Trainer:
             self.valid_data = PretrainingDataset(args.data[0], split="valid")
         except (FileNotFoundError, KeyError, ValueError) as exc:
             raise CLIError(f"{' '.join(args.data)}: cannot open the prepared data ({exc})") from exc
-        self.stream = BatchStream(self.train_data, args.batch_size, args.seed, runtime.rank,
-                                  runtime.world_size, self.position)
+        self.stream = BatchStream(
+            self.train_data, args.batch_size, args.seed, runtime.rank, runtime.world_size, self.position
+        )
 
         self.train_model = self.model
         if args.compile:
@@ -367,11 +451,15 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         saved_batch = state["args"].get("batch_size")
         if saved_batch != self.args.batch_size:  # the data position counts batches of that size
-            raise CLIError(f"{self.state_path}: written with --batch-size {saved_batch}; resume with the same "
-                           f"batch size (got {self.args.batch_size})")
+            raise CLIError(
+                f"{self.state_path}: written with --batch-size {saved_batch}; resume with the same "
+                f"batch size (got {self.args.batch_size})"
+            )
         if state.get("world_size", 1) != self.rt.world_size and self.rt.is_main:
-            print(f"note: the checkpoint was written by {state.get('world_size', 1)} processes, this run has "
-                  f"{self.rt.world_size}: the data order from here on differs from an uninterrupted run")
+            print(
+                f"note: the checkpoint was written by {state.get('world_size', 1)} processes, this run has "
+                f"{self.rt.world_size}: the data order from here on differs from an uninterrupted run"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -381,8 +469,10 @@ class Trainer:
         self.position = DataPosition(**state["position"])
         self.last_valid = dict(state.get("valid", {}))
         if self.rt.is_main:
-            print(f"resuming from {self.state_path} at step {self.step} "
-                  f"(epoch {self.position.epoch}, batch {self.position.batch})")
+            print(
+                f"resuming from {self.state_path} at step {self.step} "
+                f"(epoch {self.position.epoch}, batch {self.position.batch})"
+            )
 
     def _apply_schedule_options(self) -> None:
         """Make --lr / --warmup / --steps / --weight-decay given on --resume take effect.
@@ -399,7 +489,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.args.lr
             group["lr"] = self.args.lr * factor
-        self.optimizer.param_groups[0]["weight_decay"] = self.args.weight_decay  # the matrices (optim.param_groups)
+        self.optimizer.param_groups[0]["weight_decay"] = (
+            self.args.weight_decay
+        )  # the matrices (optim.param_groups)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _rank_rng(self, state: dict) -> dict:
@@ -428,21 +520,24 @@ class Trainer:
             rng = gathered
         if not self.rt.is_main:
             return
-        save_training_state(self.state_path, {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "position": {"epoch": self.stream.position.epoch, "batch": self.stream.position.batch},
-            "config": self.config.to_dict(),
-            "args": {k: v for k, v in vars(self.args).items() if k != "func"},
-            "world_size": self.rt.world_size,
-            "valid": self.last_valid,
-            "rank_weight_sha256": digests,
-            "metadata": self._model_metadata(),
-        })
+        save_training_state(
+            self.state_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "position": {"epoch": self.stream.position.epoch, "batch": self.stream.position.batch},
+                "config": self.config.to_dict(),
+                "args": {k: v for k, v in vars(self.args).items() if k != "func"},
+                "world_size": self.rt.world_size,
+                "valid": self.last_valid,
+                "rank_weight_sha256": digests,
+                "metadata": self._model_metadata(),
+            },
+        )
         save_model(self.out / "model.pt", self.model, self._model_metadata())
         self.config.to_json(self.out / "config.json")
 
@@ -494,8 +589,11 @@ class Trainer:
         if self.step == 0:  # a fresh run in an old folder starts a fresh log
             self.metrics_path.unlink()
             return
-        keep = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step]
+        keep = [
+            line
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= self.step
+        ]
         self.metrics_path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def log(self, row: dict[str, Any]) -> None:
@@ -504,29 +602,36 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
 
     # --- one step -----------------------------------------------------------------------------------
-    def _autocast(self):  # noqa: ANN202 - a context manager
+    def _autocast(self):
         import torch
 
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.rt.device.type, dtype=self.autocast_dtype)
 
-    def _word_start_table(self):  # noqa: ANN202 - torch.Tensor
+    def _word_start_table(self):
         """Which vocabulary ids begin a word, from the tokenizer the data was prepared with."""
         from model.tokenizer import resolve_tokenizer
         from training.masking import word_start_table
 
-        recorded = {"tokenizer": self.index.get("args", {}).get("tokenizer"),
-                    "tokenizer_sha256": self.index.get("tokenizer_sha256")}
+        recorded = {
+            "tokenizer": self.index.get("args", {}).get("tokenizer"),
+            "tokenizer_sha256": self.index.get("tokenizer_sha256"),
+        }
         tokenizer = resolve_tokenizer(self.args.tokenizer, recorded, f"{self.args.data[0]}/{INDEX_FILENAME}")
         return word_start_table(tokenizer)
 
-    def _mask(self, batch: dict, generator) -> tuple:  # noqa: ANN001
+    def _mask(self, batch: dict, generator) -> tuple:
         from training.masking import mask_tokens
 
         word_starts = None if self.word_starts is None else self.word_starts[batch["input_ids"]]  # (B, T)
-        return mask_tokens(batch["input_ids"], self.config.vocab_size, generator=generator,
-                           mlm_probability=self.args.mlm_probability, word_starts=word_starts)
+        return mask_tokens(
+            batch["input_ids"],
+            self.config.vocab_size,
+            generator=generator,
+            mlm_probability=self.args.mlm_probability,
+            word_starts=word_starts,
+        )
 
     def train_step(self) -> dict[str, float]:
         """grad_accum micro-batches -> one clipped optimiser step; returns this step's mean losses."""
@@ -540,13 +645,18 @@ class Trainer:
         tokens = 0
         for micro in range(args.grad_accum):
             batch = self.stream.next()
-            masked_ids, labels = self._mask(batch, derived_generator(args.seed, self.step, micro, self.rt.rank))
+            masked_ids, labels = self._mask(
+                batch, derived_generator(args.seed, self.step, micro, self.rt.rank)
+            )
             last = micro == args.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.rt.distributed else self.train_model.no_sync()
             with sync, self._autocast():
                 out = self.train_model(
-                    masked_ids.to(dev), batch["token_type_ids"].to(dev), batch["attention_mask"].to(dev),
-                    labels=labels.to(dev), next_sentence_label=batch["next_sentence_label"].to(dev),
+                    masked_ids.to(dev),
+                    batch["token_type_ids"].to(dev),
+                    batch["attention_mask"].to(dev),
+                    labels=labels.to(dev),
+                    next_sentence_label=batch["next_sentence_label"].to(dev),
                     sparse_mlm=True,
                 )
                 (out.loss / args.grad_accum).backward()
@@ -579,17 +689,35 @@ class Trainer:
 
         self.model.eval()
         dev, bs = self.rt.device, self.args.batch_size
-        sums = {"mlm_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "nsp_loss": 0.0, "nsp_correct": 0, "nsp_count": 0}
+        sums = {
+            "mlm_loss": 0.0,
+            "mlm_correct": 0,
+            "mlm_count": 0,
+            "nsp_loss": 0.0,
+            "nsp_correct": 0,
+            "nsp_count": 0,
+        }
         num_batches = min(self.args.eval_batches, math.ceil(len(self.valid_data) / bs))
         with torch.no_grad(), self._autocast():
             for b in range(num_batches):
-                batch = collate([self.valid_data[i] for i in range(b * bs, min((b + 1) * bs, len(self.valid_data)))])
-                masked_ids, labels = mask_tokens(batch["input_ids"], self.config.vocab_size,
-                                                 generator=derived_generator(EVAL_MASK_SEED, b),
-                                                 mlm_probability=EVAL_MLM_PROBABILITY)
+                batch = collate(
+                    [self.valid_data[i] for i in range(b * bs, min((b + 1) * bs, len(self.valid_data)))]
+                )
+                masked_ids, labels = mask_tokens(
+                    batch["input_ids"],
+                    self.config.vocab_size,
+                    generator=derived_generator(EVAL_MASK_SEED, b),
+                    mlm_probability=EVAL_MLM_PROBABILITY,
+                )
                 nsp = batch["next_sentence_label"].to(dev).reshape(-1)
-                out = self.model(masked_ids.to(dev), batch["token_type_ids"].to(dev), batch["attention_mask"].to(dev),
-                                 labels=labels.to(dev), next_sentence_label=nsp, sparse_mlm=True)
+                out = self.model(
+                    masked_ids.to(dev),
+                    batch["token_type_ids"].to(dev),
+                    batch["attention_mask"].to(dev),
+                    labels=labels.to(dev),
+                    next_sentence_label=nsp,
+                    sparse_mlm=True,
+                )
                 targets = labels.to(dev)[labels.to(dev) != IGNORE_INDEX]  # (N,), the order of out.mlm_logits
                 sums["mlm_loss"] += float(out.mlm_loss) * targets.numel()
                 sums["mlm_correct"] += int((out.mlm_logits.argmax(-1) == targets).sum())
@@ -623,8 +751,14 @@ class Trainer:
         args = self.args
         end = min(args.steps, args.stop_at) if args.stop_at else args.steps
         stop = StopSignal().install()
-        bar = tqdm(total=args.steps, initial=self.step, disable=not self.rt.is_main, unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=args.steps,
+            initial=self.step,
+            disable=not self.rt.is_main,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         window: dict[str, float] = {}
         window_steps, window_tokens, window_time = 0, 0, 0.0  # time spent in train steps only
         try:
@@ -640,13 +774,24 @@ class Trainer:
                 window_tokens += int(losses["tokens"])
                 tokens_per_s = window_tokens * self.rt.world_size / max(window_time, 1e-9)  # all ranks
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.3f}", mlm=f"{losses['mlm_loss']:.3f}",
-                                nsp=f"{losses['nsp_loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{losses['loss']:.3f}",
+                    mlm=f"{losses['mlm_loss']:.3f}",
+                    nsp=f"{losses['nsp_loss']:.3f}",
+                    tok_s=f"{tokens_per_s:,.0f}",
+                    refresh=False,
+                )
                 if self.step % args.log_every == 0:
-                    self.log({"step": self.step, "split": "train",
-                              **{k: v / window_steps for k, v in window.items()},
-                              "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
-                              "tokens_seen": self.tokens_seen})
+                    self.log(
+                        {
+                            "step": self.step,
+                            "split": "train",
+                            **{k: v / window_steps for k, v in window.items()},
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "tokens_per_s": tokens_per_s,
+                            "tokens_seen": self.tokens_seen,
+                        }
+                    )
                     window, window_steps, window_tokens, window_time = {}, 0, 0, 0.0
                 if self.step % args.eval_every == 0 or self.step == args.steps:
                     self._evaluate_and_log()

@@ -55,9 +55,13 @@ def split_dev(data: LabeledTexts, fraction: float, seed: int = 0) -> tuple[Label
 
     def pick(keep_dev: bool) -> LabeledTexts:
         rows = [i for i in range(len(data)) if (i in dev_rows) == keep_dev]
-        return LabeledTexts([data.texts[i] for i in rows], [data.labels[i] for i in rows], data.label_names,
-                            f"{data.path} ({'dev' if keep_dev else 'train'} part, fraction {fraction}, seed {seed})",
-                            0 if keep_dev else data.skipped)
+        return LabeledTexts(
+            [data.texts[i] for i in rows],
+            [data.labels[i] for i in rows],
+            data.label_names,
+            f"{data.path} ({'dev' if keep_dev else 'train'} part, fraction {fraction}, seed {seed})",
+            0 if keep_dev else data.skipped,
+        )
 
     return pick(False), pick(True)
 
@@ -69,7 +73,9 @@ def _numbered_rows(path: str | Path, expected_header: Sequence[str]) -> Iterator
     if header is None:
         raise CLIError(f"{path}: empty file")
     if header.split("\t") != list(expected_header):
-        raise CLIError(f"{path}:1: expected the header {'<TAB>'.join(expected_header)!r}, found {header[:80]!r}")
+        raise CLIError(
+            f"{path}:1: expected the header {'<TAB>'.join(expected_header)!r}, found {header[:80]!r}"
+        )
     for line_no, line in enumerate(lines, start=2):
         if line.strip():
             yield line_no, line.split("\t")
@@ -95,7 +101,10 @@ def read_nsmc(path: str | Path) -> LabeledTexts:
             data.skipped += 1
             continue
         if len(fields) != 3:
-            raise CLIError(f"{path}:{line_no}: expected 3 tab-separated fields (id, document, label), found {len(fields)}")
+            raise CLIError(
+                f"{path}:{line_no}: expected 3 tab-separated fields (id, document, label), "
+                f"found {len(fields)}"
+            )
         _add_example(data, path, line_no, fields[1], fields[2])
     return data
 
@@ -105,7 +114,9 @@ def read_sst2(path: str | Path) -> LabeledTexts:
     data = LabeledTexts([], [], list(BINARY_SENTIMENT), str(path))
     for line_no, fields in _numbered_rows(path, ("sentence", "label")):
         if len(fields) != 2:
-            raise CLIError(f"{path}:{line_no}: expected 2 tab-separated fields (sentence, label), found {len(fields)}")
+            raise CLIError(
+                f"{path}:{line_no}: expected 2 tab-separated fields (sentence, label), found {len(fields)}"
+            )
         _add_example(data, path, line_no, fields[0], fields[1])
     return data
 
@@ -146,13 +157,17 @@ def _table_rows(path: Path, text_column: str, label_column: str) -> Iterator[tup
                 raise CLIError(f"{path}: empty file")
             for column in (text_column, label_column):
                 if column not in header:
-                    raise CLIError(f"{path}:1: no column {column!r} in the header (columns: {', '.join(header)})")
+                    raise CLIError(
+                        f"{path}:1: no column {column!r} in the header (columns: {', '.join(header)})"
+                    )
             t, lab = header.index(text_column), header.index(label_column)
             for row in reader:
                 if not row:
                     continue
                 if len(row) != len(header):
-                    raise CLIError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}")
+                    raise CLIError(
+                        f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(row)}"
+                    )
                 yield reader.line_num, row[t], row[lab]
         except UnicodeDecodeError as exc:
             raise CLIError(f"{path}: not valid UTF-8 ({exc.reason})") from exc
@@ -168,8 +183,12 @@ def _sorted_names(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-def read_table(path: str | Path, text_column: str = "text", label_column: str = "label",
-               label_names: Sequence[str] | None = None) -> LabeledTexts:
+def read_table(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+) -> LabeledTexts:
     """A generic labelled file. Without label_names (the train file) the names are the labels found;
     with them (dev / test) every label must be one of the train file's."""
     path = Path(path)
@@ -180,7 +199,9 @@ def read_table(path: str | Path, text_column: str = "text", label_column: str = 
     data = LabeledTexts([], [], list(label_names), str(path))
     for line_no, text, label in rows:
         if label.strip() not in ids:
-            raise CLIError(f"{path}:{line_no}: label {label[:40]!r} is not one of the train labels {list(label_names)}")
+            raise CLIError(
+                f"{path}:{line_no}: label {label[:40]!r} is not one of the train labels {list(label_names)}"
+            )
         if not text.strip():
             data.skipped += 1
             continue
@@ -189,8 +210,13 @@ def read_table(path: str | Path, text_column: str = "text", label_column: str = 
     return data
 
 
-def read_task(task: str, path: str | Path, label_names: Sequence[str] | None = None,
-              text_column: str = "text", label_column: str = "label") -> LabeledTexts:
+def read_task(
+    task: str,
+    path: str | Path,
+    label_names: Sequence[str] | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> LabeledTexts:
     """Dispatch on --task; `csv` covers .csv, .tsv and .jsonl files."""
     if task == "nsmc":
         data = read_nsmc(path)

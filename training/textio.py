@@ -27,7 +27,8 @@ def iter_lines(paths: Sequence[str | Path]) -> Iterator[str]:
         with open_text(path) as f:
             line_no = 0
             try:
-                for line_no, line in enumerate(f, start=1):  # noqa: B007 - line_no is read in the except
+                # line_no is read by the except clauses below, hence B007's false alarm
+                for line_no, line in enumerate(f, start=1):  # noqa: B007
                     yield line.rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise CLIError(f"{path}:{line_no + 1}: not valid UTF-8 ({exc.reason})") from exc

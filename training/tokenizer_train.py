@@ -58,9 +58,14 @@ def train_tokenizer(
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-            pad_piece=SPECIAL_TOKENS[0], unk_piece=SPECIAL_TOKENS[1],
-            bos_piece=SPECIAL_TOKENS[2], eos_piece=SPECIAL_TOKENS[3],
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            pad_piece=SPECIAL_TOKENS[0],
+            unk_piece=SPECIAL_TOKENS[1],
+            bos_piece=SPECIAL_TOKENS[2],
+            eos_piece=SPECIAL_TOKENS[3],
             user_defined_symbols=list(SPECIAL_TOKENS[4:]),  # [CLS] [SEP] [MASK]: ids 4, 5, 6, never split
             input_sentence_size=0,  # already sampled above
             shuffle_input_sentence=False,
@@ -85,26 +90,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = sub.add_parser(
         "train",
         help="train a SentencePiece tokenizer on text files",
-        description="Train a SentencePiece tokenizer whose ids 0-6 are [PAD] [UNK] [BOS] [EOS] [CLS] [SEP] [MASK].",
+        description="Train a SentencePiece tokenizer whose ids 0-6 are "
+        "[PAD] [UNK] [BOS] [EOS] [CLS] [SEP] [MASK].",
     )
-    train.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                       help="UTF-8 text files (.gz too), one sentence or paragraph per line")
+    train.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="UTF-8 text files (.gz too), one sentence or paragraph per line",
+    )
     train.add_argument("--out", required=True, metavar="DIR", help="folder that receives tokenizer.model")
-    train.add_argument("--vocab-size", type=int, default=8000, help="pieces in the vocabulary, specials included")
-    train.add_argument("--character-coverage", type=float, default=0.9995,
-                       help="share of characters the vocabulary must cover (0.9995 suits Korean and English)")
-    train.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram",
-                       help="SentencePiece algorithm")
-    train.add_argument("--input-sentence-size", type=int, default=2_000_000,
-                       help="lines sampled uniformly from the input (keeps memory bounded on large corpora)")
+    train.add_argument(
+        "--vocab-size", type=int, default=8000, help="pieces in the vocabulary, specials included"
+    )
+    train.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        help="share of characters the vocabulary must cover (0.9995 suits Korean and English)",
+    )
+    train.add_argument(
+        "--model-type", choices=["unigram", "bpe"], default="unigram", help="SentencePiece algorithm"
+    )
+    train.add_argument(
+        "--input-sentence-size",
+        type=int,
+        default=2_000_000,
+        help="lines sampled uniformly from the input (keeps memory bounded on large corpora)",
+    )
     train.add_argument("--seed", type=int, default=0, help="seed of the line sample and of SentencePiece")
     train.add_argument("--verbose", action="store_true", help="show SentencePiece's training log")
 
+    stats = sub.add_parser(
+        "stats",
+        help="compare tokenizers on texts: pieces per text, [UNK] and single-jamo shares",
+        description="Encode each text file with each tokenizer and print (and optionally write) a table of "
+        "pieces per text, characters per piece, [UNK] share and single-jamo share.",
+    )
+    stats.add_argument(
+        "--tokenizer",
+        nargs="+",
+        required=True,
+        metavar="NAME=PATH",
+        help="tokenizers to compare, each a folder or .model, optionally named (wiki=runs/tok)",
+    )
+    stats.add_argument(
+        "--text",
+        nargs="+",
+        required=True,
+        metavar="NAME=FILE",
+        help="text files (.gz too; a TSV gives its document/sentence/text column), optionally named",
+    )
+    stats.add_argument("--limit", type=int, default=20000, help="texts read from each file (default 20000)")
+    stats.add_argument("--out", metavar="PREFIX", help="also write PREFIX.json and PREFIX.md")
+
+
+def _named(values: Sequence[str]) -> dict[str, str]:
+    """NAME=PATH pairs; a bare PATH is named after its file or folder."""
+    named = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).stem.split(".")[0] or value, value
+        named[name] = path
+    return named
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "stats":
+        from training.tokenizer_stats import compare, markdown_table
+
+        for path in _named(args.text).values():
+            if not Path(path).is_file():
+                raise CLIError(f"{path}: no such text file")
+        print(
+            markdown_table(compare(_named(args.tokenizer), _named(args.text), args.limit, args.out)), end=""
+        )
+        return 0
     path = train_tokenizer(
-        args.input, args.out, args.vocab_size, args.character_coverage, args.model_type,
-        args.input_sentence_size, args.seed, args.verbose,
+        args.input,
+        args.out,
+        args.vocab_size,
+        args.character_coverage,
+        args.model_type,
+        args.input_sentence_size,
+        args.seed,
+        args.verbose,
     )
     print(f"wrote {path}")
     return 0
