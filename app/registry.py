@@ -22,12 +22,12 @@ from model.tokenizer import MASK_ID
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "bundle.json"  # same name as app.bundle.MANIFEST; not imported so this module stays light
+MANIFEST = "bundle.json"  # same name as model.bundle.MANIFEST; not imported so this module stays light
 TASKS = ("fill-mask", "next-sentence", "classify", "attention")
 
 
 class EngineLike(Protocol):
-    """What the service needs of app.engine.Engine (tests may pass fakes honouring it)."""
+    """What the service needs of model.engine.Engine (tests may pass fakes honouring it)."""
 
     name: str
     info: dict
@@ -201,8 +201,8 @@ class ModelRegistry:
 
     def load_bundles(self) -> list[str]:
         """Open every bundle under settings.bundles; returns one message per bundle that failed."""
-        from app.bundle import BundleError
-        from app.engine import Engine
+        from model.bundle import BundleError
+        from model.engine import Engine
 
         paths, errors = find_bundles(self.settings.bundles)
         if not paths and not errors:

@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine import Engine
 from model.bert import BertForPreTraining, BertForSequenceClassification
 from model.checkpoint import load_model, save_model
 from model.config import BertConfig
+from model.engine import Engine
 from model.tokenizer import BatchEncoding, Tokenizer
 from training.export import export_bundle
 

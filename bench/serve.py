@@ -303,7 +303,7 @@ def engine_throughput(
     bundle: Path, texts: list[str], batch_size: int, seconds: float, threads: int | None = None
 ) -> float:
     """Sequences/s of Engine.fill_mask alone (tokenize, onnxruntime, top-k) at this batch size."""
-    from app.engine import Engine
+    from model.engine import Engine
 
     engine = Engine.load(bundle, intra_op_threads=threads)
     batches = [[texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)] for i in range(64)]

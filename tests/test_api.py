@@ -35,7 +35,7 @@ def wait_ready(client: TestClient, expect: int = 200) -> dict:
 
 @pytest.fixture(scope="module")
 def engine(tiny_bundle: Path):
-    from app.engine import Engine
+    from model.engine import Engine
 
     return Engine.load(tiny_bundle, intra_op_threads=1)
 

@@ -208,8 +208,8 @@ def test_a_failing_input_fails_only_its_own_request(executor) -> None:
 def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:
     """The real engine through the batcher, many texts of different lengths in one padded batch, gives
     what each text gives alone."""
-    from app.engine import Engine
     from app.registry import batch_runners
+    from model.engine import Engine
 
     engine = Engine.load(tiny_bundle, intra_op_threads=1)
     runners = batch_runners(engine)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import Engine
 from model.checkpoint import load_model
+from model.engine import Engine
 from model.tokenizer import MASK_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,5 +137,5 @@ def test_attention_maps_match_torch(engine: Engine, torch_models) -> None:
 
 
 def test_app_modules_never_import_torch() -> None:
-    code = "import sys, app.engine, app.bundle; sys.exit('torch' in sys.modules)"
+    code = "import sys, model.engine, model.bundle; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

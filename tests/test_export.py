@@ -11,9 +11,9 @@ import onnx
 import pytest
 import torch
 
-from app.bundle import BundleError, load_manifest
-from app.engine import Engine
+from model.bundle import BundleError, load_manifest
 from model.checkpoint import load_model
+from model.engine import Engine
 from model.tokenizer import file_sha256
 from training.errors import CLIError
 from training.export import ParityError, export_bundle, random_batches

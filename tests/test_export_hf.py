@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import Engine
+from model.engine import Engine
 from training.errors import CLIError
 from training.export_hf import export_hf
 

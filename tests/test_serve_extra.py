@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import Engine
+from model.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "app", "model", "training")
@@ -23,7 +23,7 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "app", "model", "training")
 PROBE = """
 import importlib.util, json, sys
 assert importlib.util.find_spec("torch") is None, "torch is importable in the serve environment"
-from app.engine import Engine
+from model.engine import Engine
 engine = Engine.load(sys.argv[1], intra_op_threads=1)
 out = {
     "fill_mask": engine.fill_mask(["the cat [MASK] the park."], top_k=3),
@@ -31,7 +31,7 @@ out = {
     "next_sentence": engine.next_sentence([("the cat sees the park.", "a dog likes a book.")]),
     "attention_tokens": engine.attention("the cat sees the park.")["tokens"],
     "torch_loaded": "torch" in sys.modules,
-    "engine_file": sys.modules["app.engine"].__file__,
+    "engine_file": sys.modules["model.engine"].__file__,
 }
 print(json.dumps(out))
 """

@@ -90,7 +90,7 @@ def uvicorn_server(bundle: Path, **env: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_bundle: Path):
-    from app.engine import Engine
+    from model.engine import Engine
 
     return Engine.load(tiny_bundle, intra_op_threads=1)
 

@@ -130,7 +130,7 @@ def check_parity(
     specs: name -> onnx_utils.GraphSpec (the torch side), paths: name -> the ONNX file. Padded entries
     are compared too: every output of these graphs is defined at every position.
     """
-    from app.engine import make_session
+    from model.engine import make_session
 
     report = {}
     for name, spec in specs.items():
@@ -257,8 +257,8 @@ def export_bundle(
     eval_dev (nsmc, sst2, csv): by default the classifier checkpoint's task, else csv. Raises CLIError
     (ParityError when onnxruntime disagrees with torch) and leaves out_dir untouched on any failure.
     """
-    from app.bundle import MANIFEST
-    from app.engine import Engine
+    from model.bundle import MANIFEST
+    from model.engine import Engine
     from model.tokenizer import Tokenizer
 
     if quantize not in (None, "int8"):
@@ -412,8 +412,8 @@ def _manifest(
     checks: dict,
     sources: dict,
 ) -> dict[str, Any]:
-    """The content of bundle.json (see app/bundle.py for what loading requires of it)."""
-    from app.bundle import FORMAT_VERSION, REQUIRED_FILES, checksums
+    """The content of bundle.json (see model/bundle.py for what loading requires of it)."""
+    from model.bundle import FORMAT_VERSION, REQUIRED_FILES, checksums
     from model.tokenizer import SPECIAL_TOKENS
 
     return {
@@ -461,7 +461,7 @@ def _int8_checks(
     threads: int | None,
 ) -> dict[str, Any]:
     """INT8 vs fp32 on held-out sentences and a dev set; records why a check did not run."""
-    from app.engine import Engine
+    from model.engine import Engine
 
     if quantize != "int8":
         return {"run": False, "reason": "not quantized"}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from app.bundle import (
+from model.bundle import (
     ATTENTION_FILE,
     CLASSIFIER_FILE,
     PRETRAINING_FILE,
