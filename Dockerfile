@@ -1,8 +1,10 @@
 # pocketbert web service: the `serve` extra only (FastAPI, onnxruntime, sentencepiece, numpy; no torch),
-# run as a non-root user, serving the bundle(s) in ./bundles on port 8000.
+# run as a non-root user, serving the bundle(s) in ./bundles on port 8000. It writes nothing to its
+# filesystem, so it also runs with a read-only root:
 #
 #   docker build -t pocketbert .
 #   docker run --rm -p 8000:8000 pocketbert
+#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp pocketbert
 #
 # Dependencies come from wheels/ in the build context when it holds any (an offline build: see
 # scripts/docker-smoke.sh, which builds them on the host), else from PyPI.
@@ -40,4 +42,5 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-CMD ["uvicorn", "app.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+# app.main:factory: a bundle that cannot be served stops the container with one line and exit status 2.
+CMD ["uvicorn", "app.main:factory", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

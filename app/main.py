@@ -1,140 +1,131 @@
-"""The FastAPI app: `create_app(settings)` wires settings, metrics, the model registry and the routes.
+"""The FastAPI app: `create_app(settings)` loads the models, then wires settings, middleware, the routes
+and the schema documenting them.
 
-Routes are thin: they validate (pydantic schemas, then the settings' limits), hand inputs to the
-model's batching queue through `Service.run`, and shape the answer. Errors map to HTTP here:
-bad input 422 (naming the field), full queue or no model 503 with Retry-After, deadline 504.
+Routes are thin: pydantic validates the body (with the settings' limits), the model is chosen and the
+inputs checked against its tokenizer in a worker thread, the work goes to the model's batching queue
+through `Service.run`, and the answer is rendered off the event loop. Errors map to HTTP in app.errors.
 
-Run it with `pocketbert serve`, or `uvicorn app.main:create_app --factory`.
+Run it with `pocketbert serve`, or `uvicorn app.main:factory --factory` (the factory turns a start-up
+failure, e.g. a damaged bundle, into one line and exit status 2).
 """
 
-from __future__ import annotations
-
 import logging
-import time
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import schemas
-from app.batching import BatcherClosedError, DeadlineExceededError, QueueFullError
-from app.metrics import CONTENT_TYPE, ServiceMetrics
-from app.registry import EngineLike, InputError
-from app.service import ClientDisconnectedError, NotReadyError, Service
+from app.errors import add_error_handlers
+from app.metrics import CONTENT_TYPE
+from app.middleware import (
+    ConcurrencyLimitMiddleware,
+    ErrorMiddleware,
+    MetricsMiddleware,
+    RequestBodyMiddleware,
+)
+from app.openapi import add_docs, install_schema
+from app.registry import EngineLike, ServedModel, text_language
+from app.service import Service, StartupError
 from app.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger(__name__)
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"model": schemas.ErrorResponse, "description": "Queue full or no model loaded; see Retry-After."},
-    504: {"model": schemas.ErrorResponse, "description": "The request's deadline passed before its answer."},
+_ERROR = {"model": schemas.ErrorResponse}
+TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {**_ERROR, "description": "No loaded model offers this task."},
+    408: {**_ERROR, "description": "The body did not arrive within POCKETBERT_BODY_TIMEOUT_S."},
+    413: {**_ERROR, "description": "The body is larger than POCKETBERT_MAX_BODY_BYTES."},
+    500: {"model": schemas.ServerErrorResponse, "description": "A server fault; its error id is in the log."},
+    503: {**_ERROR, "description": "Queue full or too many requests in flight; see Retry-After."},
+    504: {**_ERROR, "description": "The request's deadline passed before its answer."},
 }
-
-# nginx's code for "client closed the request": logged and counted, never seen by anyone.
-CLIENT_CLOSED_REQUEST = 499
-
-
-class MetricsMiddleware:
-    """Counts requests and times them per route template (never the raw path: bounded label values)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or (
-                "/static" if scope["path"].startswith("/static/") else "other"
-            )
-            labels = {"endpoint": endpoint, "method": scope["method"], "status": str(status)}
-            self.metrics.requests.inc(**labels)
-            self.metrics.latency.observe(time.perf_counter() - began, **labels)
-
-
-def _validation_error(loc: Sequence[str | int], message: str, value: Any) -> JSONResponse:
-    """A 422 in FastAPI's own format, so settings-based checks read like the schema's."""
-    detail = [{"type": "value_error", "loc": ["body", *loc], "msg": message, "input": value}]
-    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InputError)
-    async def input_error(request: Request, exc: InputError) -> JSONResponse:
-        return _validation_error(exc.loc, exc.message, exc.value)
-
-    @app.exception_handler(QueueFullError)
-    async def queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)}
-        return JSONResponse(status_code=503, content={"detail": str(exc)}, headers=headers)
-
-    @app.exception_handler(NotReadyError)
-    async def not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return JSONResponse(status_code=503, content={"detail": str(exc)}, headers=headers)
-
-    @app.exception_handler(BatcherClosedError)
-    async def closed(request: Request, exc: BatcherClosedError) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"})
-
-    @app.exception_handler(DeadlineExceededError)
-    async def deadline(request: Request, exc: DeadlineExceededError) -> JSONResponse:
-        return JSONResponse(status_code=504, content={"detail": str(exc)})
-
-    @app.exception_handler(ClientDisconnectedError)
-    async def disconnected(request: Request, exc: ClientDisconnectedError) -> Response:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike] | None = None) -> FastAPI:
-    """The web app. settings default to the environment's; `engines` (tests) replace bundle loading."""
+    """The web app, its models loaded and warmed up. settings default to the environment's; `engines`
+    (tests) replace bundle loading. Raises StartupError (one line) when a model cannot be served."""
     settings = settings or Settings()
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("app").setLevel(settings.log_level.upper())
     service = Service(settings, engines)
+    service.load()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
         yield
         await service.stop()
 
     app = FastAPI(
         title="pocketbert",
         summary="A tiny BERT, served: fill-mask, next-sentence prediction, classification, attention maps.",
-        description=(
-            "Requests for the same model and task arriving together are run as one batch (dynamic "
-            "batching). Bad input is answered 422 naming the field; a full queue 503 with Retry-After; "
-            "a request past its deadline 504."
-        ),
+        description=_description(settings),
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
-    _add_error_handlers(app)
+    add_error_handlers(app)
+    _add_middleware(app, service)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_docs(app)
+    _add_task_routes(app, service)
+    _add_service_routes(app, service)
+    install_schema(app, service.registry, settings)
+    return app
+
+
+def factory() -> FastAPI:
+    """uvicorn's entry point (`uvicorn app.main:factory --factory`): settings from the environment; a
+    start-up failure is one line on stderr and exit status 2, not a traceback."""
+    try:
+        return create_app()
+    except StartupError as exc:
+        print(f"pocketbert: cannot start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _description(settings: Settings) -> str:
+    return (
+        "Requests for the same model and task arriving together run as one batch (dynamic batching). "
+        "A request that names no model goes to the configured default model, else by language: text with "
+        "Hangul to the Korean model, other text to the English one; a request mixing languages that "
+        "different models answer is refused with 422.\n\n"
+        f"Limits: a body of at most {settings.max_body_bytes} bytes (413), sent within "
+        f"{settings.body_timeout_s:g} s (408); at most {settings.max_inputs} texts or pairs per request of "
+        f"at most {settings.max_text_chars} characters each ({settings.attention_max_chars} for /attention); "
+        f"fill-mask: at most {settings.max_masks_per_text} [MASK] per text and "
+        f"{settings.max_masks_per_request} per request, top_k at most {settings.max_top_k}, and [MASK] x "
+        f"top_k at most {settings.max_predictions} predictions, so an answer holds at most "
+        f"{settings.max_predictions} predictions of about 100 bytes plus, with include_sequence, the "
+        "filled-in text (at most the model's maximum length in tokens); "
+        f"{settings.max_concurrent_requests} requests in flight and {settings.max_queue} queued sequences "
+        f"per model and task ({settings.attention_max_queue} for /attention), beyond which 503 with "
+        "Retry-After. A text longer than the model's maximum length is refused with 422 (naming its token "
+        'count) unless the request sends "truncate": true.\n\n'
+        "Errors: the client's are 4xx naming the field and the reason (422: validation; a body that is not "
+        "UTF-8 or not JSON is 422 too); a server fault is 500 with an error id that is also in the log."
+    )
+
+
+def _add_middleware(app: FastAPI, service: Service) -> None:
+    """Outermost first: metrics, CORS, the last-resort error handler, the concurrency limit, the body
+    gate (Starlette wraps the last added around the rest, hence the reverse order here)."""
+    settings = service.settings
+    app.add_middleware(
+        RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests)
+    app.add_middleware(ErrorMiddleware, report=service.errors.report)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -143,79 +134,119 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
             allow_headers=["*"],
         )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # --- tasks -------------------------------------------------------------------------------------
-    @app.post(
-        "/fill-mask", response_model=schemas.FillMaskResponse, responses=ERROR_RESPONSES, tags=["tasks"]
-    )
-    async def fill_mask(body: schemas.FillMaskRequest, request: Request) -> dict[str, Any]:
+
+def _add_task_routes(app: FastAPI, service: Service) -> None:
+    models = schemas.request_models(service.settings)
+    registry, settings = service.registry, service.settings
+    FillMaskRequest = models.fill_mask  # classes built for this app's settings
+    NextSentenceRequest = models.next_sentence
+    ClassifyRequest = models.classify
+    AttentionRequest = models.attention
+
+    async def prepare(
+        task: str, name: str | None, texts: list[str], field: str, check: Callable[[ServedModel], Any]
+    ) -> tuple[ServedModel, Any]:
+        """Route the request and check its inputs against the model, in a worker thread."""
+
+        def work() -> tuple[ServedModel, Any]:
+            languages = [text_language(t) for t in texts]
+            if field == "pairs":  # a pair is Korean when either side is
+                sides = zip(languages[::2], languages[1::2], strict=True)
+                languages = ["ko" if "ko" in (a, b) else a for a, b in sides]
+            model = registry.route(task, name, languages, field)
+            return model, check(model)
+
+        return await service.guard(service.in_thread(work), f"{task} check", texts)
+
+    @app.post("/fill-mask", response_model=schemas.FillMaskResponse, responses=TASK_RESPONSES, tags=["tasks"])
+    async def fill_mask(body: FillMaskRequest, request: Request) -> Response:
         """Predict the token behind each [MASK], like Hugging Face's fill-mask pipeline."""
-        model = service.model(body.model)
         texts = body.texts
-        service.check_texts(texts)
-        results = await service.run(request, model.fill_mask(texts, body.top_k, service.timeout))
-        return {"model": model.name, "results": [masks[0] if len(masks) == 1 else masks for masks in results]}
+        model, truncated = await prepare(
+            "fill-mask",
+            body.model,
+            texts,
+            "inputs",
+            lambda m: m.check_masks(texts, body.top_k, body.truncate, settings),
+        )
+        work = model.fill_mask(texts, body.top_k, body.include_sequence, service.timeout)
+        results = await service.run(request, work, "fill-mask", texts)
+        shaped = [masks[0] if len(masks) == 1 else masks for masks in results]
+        return await service.render({"model": model.name, "results": shaped, "truncated": truncated})
 
     @app.post(
         "/next-sentence",
         response_model=schemas.NextSentenceResponse,
-        responses=ERROR_RESPONSES,
+        responses=TASK_RESPONSES,
         tags=["tasks"],
     )
-    async def next_sentence(body: schemas.NextSentenceRequest, request: Request) -> dict[str, Any]:
+    async def next_sentence(body: NextSentenceRequest, request: Request) -> Response:
         """Probability that `second` follows `first`, per pair (BERT's next-sentence-prediction head)."""
-        model = service.model(body.model)
         pairs = body.pair_list
-        service.check_texts([p.first for p in pairs], "pairs")
-        service.check_texts([p.second for p in pairs], "pairs")
-        results = await service.run(
-            request, model.next_sentence([(p.first, p.second) for p in pairs], service.timeout)
+        texts = [text for pair in pairs for text in pair]
+        model, truncated = await prepare(
+            "next-sentence", body.model, texts, "pairs", lambda m: m.check_pairs(pairs, body.truncate)
         )
-        return {"model": model.name, "results": results}
+        results = await service.run(
+            request, model.next_sentence(pairs, service.timeout), "next-sentence", texts
+        )
+        return await service.render({"model": model.name, "results": results, "truncated": truncated})
 
-    @app.post("/classify", response_model=schemas.ClassifyResponse, responses=ERROR_RESPONSES, tags=["tasks"])
-    async def classify(body: schemas.ClassifyRequest, request: Request) -> dict[str, Any]:
+    @app.post("/classify", response_model=schemas.ClassifyResponse, responses=TASK_RESPONSES, tags=["tasks"])
+    async def classify(body: ClassifyRequest, request: Request) -> Response:
         """The classifier's labels per text, sorted by score."""
-        model = service.model(body.model)
         texts = body.texts
-        service.check_texts(texts)
-        results = await service.run(request, model.classify(texts, body.top_k, service.timeout))
-        return {"model": model.name, "results": results}
+        model, truncated = await prepare(
+            "classify", body.model, texts, "inputs", lambda m: m.check_texts(texts, body.truncate)
+        )
+        work = model.classify(texts, body.top_k, service.timeout)
+        results = await service.run(request, work, "classify", texts)
+        return await service.render({"model": model.name, "results": results, "truncated": truncated})
 
     @app.post(
-        "/attention", response_model=schemas.AttentionResponse, responses=ERROR_RESPONSES, tags=["tasks"]
+        "/attention", response_model=schemas.AttentionResponse, responses=TASK_RESPONSES, tags=["tasks"]
     )
-    async def attention(body: schemas.AttentionRequest, request: Request) -> dict[str, Any]:
+    async def attention(body: AttentionRequest, request: Request) -> Response:
         """Every layer's and head's attention matrix over the tokens of one text."""
-        model = service.model(body.model)
-        service.check_texts([body.text], "text")
-        result = await service.run(request, model.attention(body.text, service.timeout))
+        texts = [body.text]
+        model, (truncated,) = await prepare(
+            "attention", body.model, texts, "text", lambda m: m.check_texts(texts, body.truncate, "text")
+        )
+        result = await service.run(request, model.attention(body.text, service.timeout), "attention", texts)
         maps = result["attentions"]
-        return {
+        payload = {
             "model": model.name,
             "tokens": result["tokens"],
             "num_layers": len(maps),
             "num_heads": len(maps[0]) if maps else 0,
             "attentions": maps,
+            "truncated": truncated,
         }
+        return await service.render(payload)
 
-    # --- service -----------------------------------------------------------------------------------
+
+def _add_service_routes(app: FastAPI, service: Service) -> None:
+    registry = service.registry
+
     @app.get("/healthz", response_model=schemas.HealthResponse, tags=["service"])
     async def healthz() -> dict[str, str]:
-        """The process is alive and serving HTTP (models may still be loading)."""
+        """The process is alive and serving HTTP."""
         return {"status": "ok"}
 
     @app.get(
         "/readyz",
         response_model=schemas.ReadyResponse,
         tags=["service"],
-        responses={503: {"model": schemas.ReadyResponse, "description": "Loading, or a bundle failed."}},
+        responses={503: {"model": schemas.ReadyResponse, "description": "Shutting down."}},
     )
     async def readyz() -> Any:
-        """Every configured bundle is loaded and has run a warm-up inference."""
-        status = "ready" if service.ready else ("failed" if service.loaded and service.errors else "loading")
-        body = {"status": status, "models": sorted(service.registry.models), "errors": service.errors}
+        """Every configured bundle is loaded, verified and warmed up (start-up fails otherwise)."""
+        body = {
+            "status": "ready" if service.ready else "stopping",
+            "models": sorted(registry.models),
+            "errors": [],
+        }
         return body if service.ready else JSONResponse(status_code=503, content=body)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
@@ -225,10 +256,10 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
 
     @app.get("/v1/models", response_model=schemas.ModelsResponse, tags=["service"])
     async def models() -> dict[str, Any]:
-        """The loaded models with their configuration and training metrics."""
-        registry = service.registry
+        """The loaded models: language, tasks, labels, headline figures, configuration and metrics."""
         return {
             "default": registry.default,
+            "routing": registry.routing,
             "models": [m.describe(m.name == registry.default) for _, m in sorted(registry.models.items())],
         }
 
@@ -236,5 +267,3 @@ def create_app(settings: Settings | None = None, *, engines: Sequence[EngineLike
     async def index() -> FileResponse:
         """The demo page."""
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    return app

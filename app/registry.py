@@ -1,14 +1,20 @@
-"""The served models: bundles found in the configured folders, each with one batching queue per task.
+"""The served models: bundles found in the configured folders, each with one batching queue per task it
+offers, and the routing of a request to one of them.
 
 A configured folder is either a bundle (it holds bundle.json) or a folder of bundles (each subfolder
 holding bundle.json is one), so `POCKETBERT_BUNDLES=bundles` serves e.g. bundles/en and bundles/ko.
-Request validation that needs the model's tokenizer (is there a [MASK] the model will see?) lives
-here too, so routes stay thin and the engine only ever receives inputs it can answer.
+A request that names no model goes to the configured default model, else by language: text with Hangul
+to the Korean model, other text to the English one; a request whose texts would go to different models
+is refused (422), so every answer comes from one model and says which.
+
+Validation that needs the model's tokenizer (token counts, [MASK] tokens the model will see) lives here
+too. It is CPU work, so the service runs it in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -23,7 +29,18 @@ from model.tokenizer import MASK_ID
 log = logging.getLogger(__name__)
 
 MANIFEST = "bundle.json"  # same name as model.bundle.MANIFEST; not imported so this module stays light
-TASKS = ("fill-mask", "next-sentence", "classify", "attention")
+HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")  # jamo, compatibility jamo, syllables
+LANGUAGE_NAMES = {"ko": "Korean", "en": "English"}
+# Numeric figures shown by /v1/models, looked up in bundle.json's metrics.pretraining / .finetuning.
+HEADLINE_KEYS = (
+    "mlm_accuracy",
+    "nsp_accuracy",
+    "dev_acc_mean",
+    "dev_acc_std",
+    "test_acc_mean",
+    "test_acc_std",
+    "accuracy_mean",
+)
 
 
 class EngineLike(Protocol):
@@ -34,8 +51,10 @@ class EngineLike(Protocol):
     max_length: int
     label_names: list[str]
     tokenizer: Any
+    tasks: list[str]
+    language: str
 
-    def fill_mask(self, texts: list[str], top_k: int = 5) -> list[list[list[dict]]]: ...
+    def fill_mask(self, texts: list[str], top_k: int = 5, with_sequence: bool = True) -> list: ...
     def next_sentence(self, pairs: list[tuple[str, str]]) -> list[dict]: ...
     def classify(self, texts: list[str], top_k: int | None = None) -> list[list[dict]]: ...
     def attention(self, text: str) -> dict: ...
@@ -55,6 +74,10 @@ class UnknownModelError(InputError):
     """The request's `model` names no loaded bundle."""
 
 
+class TaskUnavailableError(Exception):
+    """No loaded model offers the task (HTTP 404)."""
+
+
 def find_bundles(folders: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """Bundle folders under the configured folders (a bundle itself, or its subfolders that are), and a
     message per folder that could not be read (e.g. permissions)."""
@@ -71,9 +94,28 @@ def find_bundles(folders: Sequence[Path]) -> tuple[list[Path], list[str]]:
     return found, errors
 
 
+def text_language(text: str) -> str:
+    """'ko' for text with any Hangul, else 'en' (the two languages this project trains)."""
+    return "ko" if HANGUL.search(text) else "en"
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The few numbers a model card leads with, from bundle.json's metrics, where recorded."""
+    found: dict[str, float] = {}
+    for section in ("pretraining", "finetuning"):
+        values = metrics.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key in HEADLINE_KEYS:
+            value = values.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in found:
+                found[key] = float(value)
+    return found
+
+
 @dataclass
 class ServedModel:
-    """One engine and its queues; methods validate inputs, queue them and return per-input results."""
+    """One engine and its queues; methods check inputs against the model and queue them."""
 
     engine: EngineLike
     batchers: dict[str, DynamicBatcher] = field(default_factory=dict)
@@ -82,39 +124,112 @@ class ServedModel:
     def name(self) -> str:
         return self.engine.name
 
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.engine.tasks)
+
+    @property
+    def language(self) -> str:
+        return self.engine.language
+
     def describe(self, is_default: bool) -> dict[str, Any]:
         info = self.engine.info
+        metrics = info.get("metrics") or {}
         return {
             "name": self.name,
             "default": is_default,
-            "tasks": list(TASKS),
+            "language": self.language,
+            "tasks": self.tasks,
             "max_length": self.engine.max_length,
-            "labels": list(self.engine.label_names),
+            "labels": list(self.engine.label_names) if "classify" in self.tasks else [],
+            "headline": headline(metrics),
             "config": info.get("config", {}),
-            "metrics": info.get("metrics", {}),
+            "metrics": metrics,
             "bundle": info,
         }
 
-    # --- validation --------------------------------------------------------------------------------
-    def check_masks(self, texts: Sequence[str]) -> None:
-        """Every text has a [MASK] within the model's max length (the engine truncates the rest)."""
-        tokenizer = self.engine.tokenizer
+    # --- checks (CPU work: run them in a worker thread) -----------------------------------------------
+    def _too_long(self, loc: tuple[str | int, ...], tokens: int) -> InputError:
+        limit = self.engine.max_length
+        return InputError(
+            loc,
+            f"the input is {tokens} tokens long ([CLS]/[SEP] included), more than model "
+            f'{self.name!r} reads ({limit}); shorten it or send "truncate": true',
+            tokens,
+        )
+
+    def check_texts(self, texts: Sequence[str], truncate: bool, field: str = "inputs") -> list[bool]:
+        """Per text, whether it is cut to max_length; InputError for a long text unless truncate."""
+        flags = []
+        for index, text in enumerate(texts):
+            tokens = len(self.engine.tokenizer.encode_ids(text)) + 2
+            if tokens > self.engine.max_length and not truncate:
+                raise self._too_long((field, index), tokens)
+            flags.append(tokens > self.engine.max_length)
+        return flags
+
+    def check_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> list[bool]:
+        """check_texts for sentence pairs ([CLS] A [SEP] B [SEP])."""
+        encode = self.engine.tokenizer.encode_ids
+        flags = []
+        for index, (first, second) in enumerate(pairs):
+            tokens = len(encode(first)) + len(encode(second)) + 3
+            if tokens > self.engine.max_length and not truncate:
+                raise self._too_long(("pairs", index), tokens)
+            flags.append(tokens > self.engine.max_length)
+        return flags
+
+    def check_masks(self, texts: Sequence[str], top_k: int, truncate: bool, settings: Settings) -> list[bool]:
+        """Every text has 1..max_masks_per_text [MASK] tokens the model will see, the request at most
+        max_masks_per_request of them and masks x top_k at most max_predictions; returns the truncated
+        flags."""
+        tokenizer, max_length = self.engine.tokenizer, self.engine.max_length
+        flags, total = [], 0
         for index, text in enumerate(texts):
             ids = tokenizer.encode_ids(text)
-            if MASK_ID not in ids:
-                raise InputError(("inputs", index), "the text has no [MASK] token to fill", texts[index])
-            # what the model will see: the tokenizer's own truncation, not a copy of its rule
-            if MASK_ID not in tokenizer.build_inputs(ids, max_length=self.engine.max_length).input_ids:
+            masks = ids.count(MASK_ID)
+            if not masks:
+                raise InputError(("inputs", index), "the text has no [MASK] token to fill")
+            if masks > settings.max_masks_per_text:
                 raise InputError(
                     ("inputs", index),
-                    f"every [MASK] lies beyond the model's maximum length of {self.engine.max_length} tokens",
-                    texts[index],
+                    f"at most {settings.max_masks_per_text} [MASK] tokens per text, got {masks}",
+                    masks,
                 )
+            cut = len(ids) + 2 > max_length
+            if cut and not truncate:
+                raise self._too_long(("inputs", index), len(ids) + 2)
+            # what the model will see: the tokenizer's own truncation, not a copy of its rule
+            seen = (
+                tokenizer.build_inputs(ids, max_length=max_length).input_ids.count(MASK_ID) if cut else masks
+            )
+            if not seen:
+                raise InputError(
+                    ("inputs", index),
+                    f"every [MASK] lies beyond the model's maximum length of {max_length} tokens",
+                )
+            flags.append(cut)
+            total += seen
+        if total > settings.max_masks_per_request:
+            raise InputError(
+                ("inputs",),
+                f"at most {settings.max_masks_per_request} [MASK] tokens per request, got {total}",
+                total,
+            )
+        if total * top_k > settings.max_predictions:
+            raise InputError(
+                ("top_k",),
+                f"{total} [MASK] tokens x top_k {top_k} = {total * top_k} predictions, more than the "
+                f"{settings.max_predictions} a request may ask for; lower top_k or send fewer masks",
+                top_k,
+            )
+        return flags
 
     # --- tasks ---------------------------------------------------------------------------------------
-    async def fill_mask(self, texts: list[str], top_k: int, timeout: float) -> list[list[list[dict]]]:
-        self.check_masks(texts)
-        return await self.batchers["fill-mask"].submit([(t, top_k) for t in texts], timeout)
+    async def fill_mask(
+        self, texts: list[str], top_k: int, with_sequence: bool, timeout: float
+    ) -> list[list[list[dict]]]:
+        return await self.batchers["fill-mask"].submit([(t, top_k, with_sequence) for t in texts], timeout)
 
     async def next_sentence(self, pairs: list[tuple[str, str]], timeout: float) -> list[dict]:
         return await self.batchers["next-sentence"].submit(pairs, timeout)
@@ -128,15 +243,22 @@ class ServedModel:
 
 
 def batch_runners(engine: EngineLike) -> dict[str, Callable[[list[Any]], list[Any]]]:
-    """Per task, the function a batch runs in the worker thread.
+    """Per task the engine offers, the function a batch runs in the worker thread.
 
     Requests in one batch may ask for different top_k: the batch asks the engine for the largest and
     each request keeps its own first k, which equals what it would get alone (predictions are sorted).
     """
 
-    def fill_mask(items: list[tuple[str, int]]) -> list[list[list[dict]]]:
-        results = engine.fill_mask([t for t, _ in items], top_k=max(k for _, k in items))
-        return [[preds[:k] for preds in per_mask] for (_, k), per_mask in zip(items, results, strict=True)]
+    def fill_mask(items: list[tuple[str, int, bool]]) -> list[list[list[dict]]]:
+        with_sequence = any(s for _, _, s in items)
+        results = engine.fill_mask(
+            [t for t, _, _ in items], top_k=max(k for _, k, _ in items), with_sequence=with_sequence
+        )
+        out = []
+        for (_, k, keep), per_mask in zip(items, results, strict=True):
+            drop = with_sequence and not keep
+            out.append([[_without_sequence(p) if drop else p for p in preds[:k]] for preds in per_mask])
+        return out
 
     def classify(items: list[tuple[str, int | None]]) -> list[list[dict]]:
         results = engine.classify([t for t, _ in items], top_k=None)
@@ -148,16 +270,21 @@ def batch_runners(engine: EngineLike) -> dict[str, Callable[[list[Any]], list[An
     def attention(texts: list[str]) -> list[dict]:
         return [engine.attention(t) for t in texts]
 
-    return {
+    runners = {
         "fill-mask": fill_mask,
         "next-sentence": next_sentence,
         "classify": classify,
         "attention": attention,
     }
+    return {task: runners[task] for task in engine.tasks}
+
+
+def _without_sequence(prediction: dict) -> dict:
+    return {key: value for key, value in prediction.items() if key != "sequence"}
 
 
 class ModelRegistry:
-    """Loaded models by name plus the default one."""
+    """Loaded models by name, the default one, and the routing of requests to them."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics, executor: Executor) -> None:
         self.settings = settings
@@ -166,19 +293,25 @@ class ModelRegistry:
         self.models: dict[str, ServedModel] = {}
         self.default: str | None = None
 
+    @property
+    def routing(self) -> str:
+        """'default' when a default model is configured, else 'language'."""
+        return "default" if self.settings.default_model else "language"
+
     def add(self, engine: EngineLike) -> ServedModel:
-        """Serve `engine` under its name, with a queue per task."""
+        """Serve `engine` under its name, with a queue per task it offers."""
         if engine.name in self.models:
             raise ValueError(f"two bundles are named {engine.name!r}; give them different names")
         served = ServedModel(engine)
         for task, runner in batch_runners(engine).items():
+            attention = task == "attention"
             served.batchers[task] = DynamicBatcher(
                 run_batch=runner,
                 executor=self.executor,
                 # An attention map is one large answer per text: no point waiting to batch them.
-                max_batch_size=1 if task == "attention" else self.settings.max_batch_size,
-                max_wait_s=0.0 if task == "attention" else self.settings.max_wait_ms / 1000.0,
-                max_queue=self.settings.max_queue,
+                max_batch_size=1 if attention else self.settings.max_batch_size,
+                max_wait_s=0.0 if attention else self.settings.max_wait_ms / 1000.0,
+                max_queue=self.settings.attention_max_queue if attention else self.settings.max_queue,
                 name=f"{engine.name}/{task}",
                 stats=self._stats(engine.name, task),
             )
@@ -200,34 +333,37 @@ class ModelRegistry:
         )
 
     def load_bundles(self) -> list[str]:
-        """Open every bundle under settings.bundles; returns one message per bundle that failed."""
+        """Open every bundle under settings.bundles (checksums, consistency, reference self-test); returns
+        one message per bundle that failed, naming the file and the reason."""
         from model.bundle import BundleError
         from model.engine import Engine
 
         paths, errors = find_bundles(self.settings.bundles)
         if not paths and not errors:
             folders = ", ".join(str(p) for p in self.settings.bundles)
-            errors.append(f"no bundle (a folder with {MANIFEST}) found in {folders}; set POCKETBERT_BUNDLES")
+            source = (
+                "POCKETBERT_BUNDLES"
+                if "bundles" in self.settings.model_fields_set
+                else "the default; set POCKETBERT_BUNDLES"
+            )
+            errors.append(f"no bundle (a folder with {MANIFEST}) found in {folders} ({source})")
         for path in paths:
             try:
                 engine = Engine.load(path, intra_op_threads=self.settings.inference_threads)
                 self.add(engine)
-                log.info("serving bundle %s from %s", engine.name, path)
+                log.info("serving bundle %s (%s) from %s", engine.name, engine.language, path)
             except (BundleError, ValueError, OSError) as exc:
-                log.error("cannot serve bundle %s: %s", path, exc)
                 errors.append(str(exc))
-        self.choose_default()
         return errors
 
-    def choose_default(self) -> None:
+    def choose_default(self) -> str | None:
+        """The configured default model (None when it is not loaded), else the first by name."""
         wanted = self.settings.default_model
-        if wanted and wanted in self.models:
-            self.default = wanted
-        elif wanted:
-            log.error("default model %r is not loaded; loaded: %s", wanted, sorted(self.models))
-            self.default = None
+        if wanted:
+            self.default = wanted if wanted in self.models else None
         else:
             self.default = min(self.models) if self.models else None
+        return self.default
 
     def get(self, name: str | None) -> ServedModel:
         """The model a request names, or the default; UnknownModelError (a 422) otherwise."""
@@ -238,16 +374,59 @@ class ModelRegistry:
             raise UnknownModelError(("model",), f"{what}; loaded models: {loaded}", name)
         return self.models[key]
 
+    def route(self, task: str, name: str | None, languages: Sequence[str], field: str) -> ServedModel:
+        """The model that answers a request for `task` whose inputs have `languages` (one per input)."""
+        offering = [m for _, m in sorted(self.models.items()) if task in m.tasks]
+        if name:
+            model = self.get(name)
+            if task not in model.tasks:
+                others = ", ".join(m.name for m in offering) or "none"
+                raise InputError(
+                    ("model",),
+                    f"model {name!r} does not offer {task} (it offers {', '.join(model.tasks)}); "
+                    f"models that do: {others}",
+                    name,
+                )
+            return model
+        if not offering:
+            raise TaskUnavailableError(f"no loaded model offers {task}")
+        default = self.models.get(self.default or "")
+        if self.settings.default_model and default is not None and default in offering:
+            return default
+        fallback = default if default in offering else offering[0]
+        by_language = {m.language: m for m in reversed(offering)}  # the first by name per language
+        chosen = [by_language.get(language, fallback) for language in languages]
+        if len({m.name for m in chosen}) > 1:
+            raise InputError((field,), _mixed_message(field, languages, chosen))
+        return chosen[0]
+
     def warm_up(self) -> None:
-        """One inference per task and model (blocking: call in a thread), so the first user request
-        does not pay for onnxruntime's lazy initialisation."""
+        """One inference per task and model (blocking), so the first user request does not pay for
+        onnxruntime's lazy initialisation."""
         for served in self.models.values():
             engine = served.engine
             engine.fill_mask(["hello [MASK] world"], top_k=1)
             engine.next_sentence([("hello", "world")])
-            engine.classify(["hello world"])
+            if "classify" in served.tasks:
+                engine.classify(["hello world"])
 
     async def close(self) -> None:
         for served in self.models.values():
             for batcher in served.batchers.values():
                 await batcher.close()
+
+
+def _mixed_message(field: str, languages: Sequence[str], chosen: Sequence[ServedModel]) -> str:
+    """'the inputs mix languages ...: inputs 0, 2 Korean (model ko); inputs 1 English (model en); ...'."""
+    groups: dict[str, list[int]] = {}
+    for index, model in enumerate(chosen):
+        groups.setdefault(model.name, []).append(index)
+    parts = []
+    for name, indices in groups.items():
+        language = languages[indices[0]]
+        where = ", ".join(map(str, indices))
+        parts.append(f"{field} {where} {LANGUAGE_NAMES.get(language, language)} (model {name})")
+    return (
+        f"the {field} mix languages that different models answer: {'; '.join(parts)}; send one language "
+        "per request or name a model"
+    )

@@ -1,15 +1,19 @@
-"""`pocketbert serve`: start uvicorn on the web app.
+"""`pocketbert serve` (or `python -m app.serve`): start uvicorn on the web app.
 
 Options default to the same settings the app reads (POCKETBERT_* environment variables); options given
 on the command line are written back to the environment, which is how they reach the app in each
-uvicorn worker process (`create_app` reads Settings() there). Nothing heavy is imported at module top,
-so `pocketbert --help` stays instant.
+uvicorn worker process (`app.main:factory` reads Settings() there). A bundles path that holds no bundle
+is refused before uvicorn starts, in one line naming what the user gave (the flag, the environment
+variable or the default); a bundle that fails to load stops start-up in the factory, also in one line,
+with exit status 2. Nothing heavy is imported at module top, so `pocketbert --help` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,12 +78,17 @@ def run(args: argparse.Namespace) -> int:
         "MAX_WAIT_MS": args.max_wait_ms,
         "LOG_LEVEL": args.log_level,
     }
+    from_environment = ENV_PREFIX + "BUNDLES" in os.environ
     for key, value in overrides.items():
         if value is not None:
             os.environ[ENV_PREFIX + key] = str(value)
-    Settings()  # fail here, with pydantic's message, rather than inside every worker
+    settings = Settings()  # fail here, with pydantic's message, rather than inside every worker
+    problem = bundles_problem(settings.bundles, bundles_source(bool(args.bundles), from_environment))
+    if problem:
+        print(f"pocketbert serve: {problem}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:factory",
         factory=True,
         host=args.host,
         port=args.port,
@@ -87,3 +96,47 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def bundles_source(flag: bool, environment: bool) -> str:
+    """How the user named the bundles, for the hint: the flag, the environment variable or the default."""
+    if flag:
+        return "--bundles"
+    return (
+        "POCKETBERT_BUNDLES"
+        if environment
+        else "the default bundles folder (set --bundles or POCKETBERT_BUNDLES)"
+    )
+
+
+def bundles_problem(folders: Sequence[os.PathLike | str], source: str) -> str | None:
+    """One line saying why `folders` serve nothing (a missing folder, no bundle in it), or None."""
+    from pathlib import Path
+
+    from app.registry import MANIFEST, find_bundles
+
+    paths = [Path(f) for f in folders]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        return f"{source}: no such folder {', '.join(missing)}"
+    found, errors = find_bundles(paths)
+    if errors:
+        return f"{source}: {'; '.join(errors)}"
+    if not found:
+        where = ", ".join(str(p) for p in paths)
+        return (
+            f"{source}: no bundle in {where} (a bundle is a folder holding {MANIFEST}, or a folder of "
+            "them); make one with `pocketbert export` (see README)"
+        )
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m app.serve`: the serve command without the training CLI (the Docker image's command)."""
+    parser = argparse.ArgumentParser(prog="python -m app.serve", description="Serve model bundles over HTTP.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,39 +1,45 @@
-"""The service behind the routes: model loading and readiness, input limits, and running a request's
-inference so that a client that hangs up stops costing anything.
+"""The service behind the routes: model loading, the worker threads, and running a request's work so
+that a client that hangs up stops costing anything and a server fault is a 500, not a client error.
 
-Loading happens in the background after startup, so /healthz answers at once (the process is alive)
-while /readyz stays 503 until every bundle is open and a warm-up inference has run on each.
+Loading happens before the server accepts connections (`Service.load`, called by create_app): every
+bundle is verified (checksums, consistency, its reference self-test) and warmed up, and any failure
+stops start-up with one line naming the bundle, the file and the reason. A service that runs therefore
+serves every configured model, and /readyz says so.
+
+Two thread pools keep the event loop free: `executor` runs inference batches (one thread by default:
+onnxruntime already uses the cores), `cpu` runs the rest of a request's CPU work (tokenizing to check
+token counts and [MASK] tokens, rendering large answers as JSON), so /healthz and other requests are
+answered while a request is being checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
+from app.batching import BatcherClosedError, DeadlineExceededError, QueueFullError
+from app.errors import ClientDisconnectedError, ErrorReporter, InternalError
 from app.metrics import ServiceMetrics
-from app.registry import EngineLike, InputError, ModelRegistry, ServedModel
+from app.registry import EngineLike, InputError, ModelRegistry, TaskUnavailableError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CPU_THREADS = 2
+# Exceptions that are answers, not faults: they pass through to their handlers.
+EXPECTED = (InputError, TaskUnavailableError, QueueFullError, DeadlineExceededError, BatcherClosedError)
 
 
-class NotReadyError(Exception):
-    """No model can answer yet (still loading) or at all (no bundle could be loaded): HTTP 503."""
-
-    def __init__(self, message: str, retry_after: int | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ClientDisconnectedError(Exception):
-    """The client hung up before its answer was ready; nothing is sent back."""
+class StartupError(Exception):
+    """The service cannot start; the message is one line naming what is wrong."""
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -49,90 +55,84 @@ async def wait_for_disconnect(request: Request) -> None:
 
 
 class Service:
-    """One per app: settings, metrics, the inference thread pool and the model registry."""
+    """One per app: settings, metrics, thread pools and the model registry."""
 
     def __init__(self, settings: Settings, engines: Sequence[EngineLike] | None = None) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics()
+        self.errors = ErrorReporter(settings)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_workers, thread_name_prefix="inference"
         )
+        self.cpu = ThreadPoolExecutor(max_workers=CPU_THREADS, thread_name_prefix="cpu")
         self.registry = ModelRegistry(settings, self.metrics, self.executor)
         self._preloaded = list(engines or [])
-        self.loaded = False  # load attempted and finished (models may still be empty)
-        self.ready = False  # loaded, at least one model, warm-up done, no load error
-        self.errors: list[str] = []
-        self._loader: asyncio.Task[None] | None = None
+        self.ready = False
 
     # --- lifecycle -----------------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._loader = asyncio.get_running_loop().create_task(self._load(), name="load-bundles")
-
-    async def _load(self) -> None:
-        loop = asyncio.get_running_loop()
+    def load(self) -> None:
+        """Open, verify and warm up every model (blocking); StartupError on any failure."""
+        if self._preloaded:
+            for engine in self._preloaded:
+                self.registry.add(engine)
+        else:
+            failures = self.registry.load_bundles()
+            if failures:
+                raise StartupError("; ".join(failures))
+        wanted = self.settings.default_model
+        if self.registry.choose_default() is None and wanted:
+            loaded = ", ".join(sorted(self.registry.models))
+            raise StartupError(
+                f"default model {wanted!r} (POCKETBERT_DEFAULT_MODEL) is not loaded; loaded: {loaded}"
+            )
         try:
-            if self._preloaded:
-                for engine in self._preloaded:
-                    self.registry.add(engine)
-                self.registry.choose_default()
-            else:
-                self.errors = await asyncio.to_thread(self.registry.load_bundles)
-            self.loaded = True
-            if self.registry.models:
-                await loop.run_in_executor(self.executor, self.registry.warm_up)
-            if self.registry.default is None and self.registry.models:
-                self.errors.append(
-                    f"default model {self.settings.default_model!r} is not among the loaded models"
-                )
-            self.ready = bool(self.registry.models) and not self.errors
-            if self.ready:
-                log.info(
-                    "ready: serving %s (default %s)",
-                    ", ".join(sorted(self.registry.models)),
-                    self.registry.default,
-                )
-        except Exception as exc:  # a warm-up that crashes means the bundle cannot serve
-            log.exception("loading the models failed")
-            self.errors.append(f"loading failed: {exc}")
-            self.loaded = True
+            self.registry.warm_up()
+        except Exception as exc:
+            raise StartupError(f"warm-up inference failed: {type(exc).__name__}: {exc}") from exc
+        self.ready = True
+        log.info(
+            "ready: serving %s (routing: %s)",
+            ", ".join(
+                f"{m.name} [{m.language}: {', '.join(m.tasks)}]" for m in self.registry.models.values()
+            ),
+            self.registry.routing,
+        )
 
     async def stop(self) -> None:
-        if self._loader is not None and not self._loader.done():
-            self._loader.cancel()
+        self.ready = False
         await self.registry.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.cpu.shutdown(wait=False, cancel_futures=True)
 
     # --- requests ------------------------------------------------------------------------------------
     @property
     def timeout(self) -> float:
         return self.settings.request_timeout_s
 
-    def model(self, name: str | None) -> ServedModel:
-        """The model a request names (or the default); 503 while loading, 422 for an unknown name."""
-        if not self.loaded:
-            raise NotReadyError("the models are still loading", retry_after=1)
-        if not self.registry.models:
-            raise NotReadyError("no model is loaded: " + "; ".join(self.errors), retry_after=None)
-        return self.registry.get(name)
+    async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (tokenizing, rendering) in the cpu pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, function, *args)
 
-    def check_texts(self, texts: Sequence[str], field: str = "inputs") -> None:
-        """The settings' limits on inputs per request and characters per text."""
-        if len(texts) > self.settings.max_inputs:
-            raise InputError(
-                (field,),
-                f"at most {self.settings.max_inputs} inputs per request, got {len(texts)}",
-                len(texts),
-            )
-        limit = self.settings.max_text_chars
-        for index, text in enumerate(texts):
-            if len(text) > limit:
-                raise InputError(
-                    (field, index), f"text longer than {limit} characters ({len(text)})", text[:80]
-                )
+    async def render(self, payload: dict[str, Any]) -> Response:
+        """The answer as JSON bytes, rendered off the event loop (attention maps are megabytes)."""
+        body = await self.in_thread(_dumps, payload)
+        return Response(body, media_type="application/json")
 
-    async def run(self, request: Request, work: Awaitable[T]) -> T:
-        """Await `work` unless the client disconnects first; then cancel it, which frees its queue slot."""
-        task = asyncio.ensure_future(work)
+    async def guard(self, work: Awaitable[T], context: str, texts: Sequence[str] = ()) -> T:
+        """Await work; an exception that is not an expected answer is a server fault: logged with an
+        error id, re-raised as InternalError (a 500), never as a client error."""
+        try:
+            return await work
+        except EXPECTED:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise InternalError(self.errors.report(exc, context, texts)) from exc
+
+    async def run(self, request: Request, work: Awaitable[T], context: str, texts: Sequence[str] = ()) -> T:
+        """guard(work) unless the client disconnects first; then cancel it, which frees its queue slot."""
+        task = asyncio.ensure_future(self.guard(work, context, texts))
         watcher = asyncio.ensure_future(wait_for_disconnect(request))
         try:
             await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -145,10 +145,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             raise ClientDisconnectedError("client disconnected")
-        try:
-            return task.result()
-        except ValueError as exc:
-            if isinstance(exc, InputError):
-                raise
-            # The engine refused an input the checks let through: still the request's fault.
-            raise InputError(("inputs",), str(exc)) from exc
+        return task.result()
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
         "subfolder.",
     )
     default_model: str | None = Field(
-        None, description="Model used when a request names none; default: the first bundle by name."
+        None,
+        description="Model used when a request names none; default: routing by language (text with "
+        "Hangul to the Korean model, other text to the English one), else the first bundle by name.",
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most sequences run in one inference batch.")
     max_wait_ms: float = Field(
@@ -53,6 +55,39 @@ class Settings(BaseSettings):
     )
     max_inputs: int = Field(64, ge=1, description="Most texts (or pairs) in one request.")
     max_text_chars: int = Field(4000, ge=1, description="Most characters in one text.")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest request body in bytes; beyond it the answer is 413."
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a client may take to send its body; beyond it the answer is 408."
+    )
+    max_top_k: int = Field(50, ge=1, le=1000, description="Largest top_k of fill-mask and classify.")
+    max_masks_per_text: int = Field(8, ge=1, description="Most [MASK] tokens in one fill-mask text.")
+    max_masks_per_request: int = Field(64, ge=1, description="Most [MASK] tokens in one fill-mask request.")
+    max_predictions: int = Field(
+        1024,
+        ge=1,
+        description="Most fill-mask predictions per request ([MASK] tokens x top_k): bounds an answer's "
+        "size.",
+    )
+    max_concurrent_requests: int = Field(
+        256,
+        ge=1,
+        description="Task requests (POST) handled at once, from the first byte of the body to the last of "
+        "the answer; beyond it the answer is 503 + Retry-After. Health, readiness and metrics are exempt.",
+    )
+    attention_max_chars: int = Field(
+        1000, ge=1, description="Most characters of an /attention text (its answer grows with length^2)."
+    )
+    attention_max_queue: int = Field(
+        4,
+        ge=1,
+        description="Most /attention requests waiting per model (its unfused fp32 graph is the slowest): "
+        "beyond it 503 + Retry-After, so attention maps cannot crowd out the other tasks.",
+    )
+    log_request_texts: bool = Field(
+        False, description="Write request texts into the log when a request fails (off: they never are)."
+    )
     ort_threads: int | None = Field(
         None,
         ge=1,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from training.tasks import TASKS, read_task, split_dev
+from training.tasks import TASK_FORMATS, read_task, split_dev
 
 C_GRID = (1.0, 3.0, 10.0)
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--task", required=True, choices=TASKS, help="data format, as for `pocketbert finetune`"
+        "--task", required=True, choices=TASK_FORMATS, help="data format, as for `pocketbert finetune`"
     )
     parser.add_argument("--train", required=True, help="training file")
     parser.add_argument("--dev", help="dev file that chooses C (or carve one with --dev-fraction)")

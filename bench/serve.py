@@ -1,6 +1,6 @@
 """Serving benchmark: pocketbert's batched ONNX server against a naive one-request-one-forward server.
 
-    .venv/bin/python bench/serve.py [--seconds 8] [--concurrency 1 8 32]
+    python bench/serve.py [--seconds 8] [--concurrency 1 8 32]
 
 Self-contained: builds a random-weight bundle of the default pocketbert shape (3 layers, hidden 256,
 4 heads, vocabulary 8,000; INT8 + onnxruntime fusions) with the project's own export in a temp folder,
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "app.main:create_app",
+                "app.main:factory",
                 "--factory",
                 "--host",
                 "127.0.0.1",

@@ -1,17 +1,27 @@
 """Model bundles: the folder `pocketbert export` writes and the web service loads.
 
 A bundle is a folder with `bundle.json` (format version, model config, special token ids, label names,
-metrics, checks, the sha256 of every other file) beside the files it lists: `tokenizer.model`,
-`pretraining.onnx`, `classifier.onnx`, `attention.onnx`. Loading verifies the manifest before any
-onnxruntime session is created, so a damaged or too-new bundle is reported in one precise sentence
-instead of an error from deep inside onnxruntime. Imports neither torch nor onnxruntime.
+metrics, checks, the sha256 of every other file) beside the files it lists. `tokenizer.model` and
+`pretraining.onnx` are required; `classifier.onnx` (classification), `attention.onnx` (attention maps)
+and `reference.json` (a self-test: a few inputs and the outputs the graphs gave at export) are optional,
+so a bundle of a model that was never fine-tuned serves fill-mask and next-sentence.
+
+Loading verifies the manifest before any onnxruntime session is created, so a damaged or too-new bundle
+is reported in one precise sentence instead of an error from deep inside onnxruntime. The reference
+self-test (`check_reference`) then catches what checksums cannot: a graph or tokenizer replaced together
+with its checksum. Imports neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from model.tokenizer import file_sha256
 
@@ -21,8 +31,18 @@ TOKENIZER_FILE = "tokenizer.model"
 PRETRAINING_FILE = "pretraining.onnx"
 CLASSIFIER_FILE = "classifier.onnx"
 ATTENTION_FILE = "attention.onnx"
-REQUIRED_FILES = (TOKENIZER_FILE, PRETRAINING_FILE, CLASSIFIER_FILE, ATTENTION_FILE)
-REQUIRED_KEYS = ("format_version", "config", "max_length", "special_tokens", "label_names", "files")
+REFERENCE_FILE = "reference.json"
+REQUIRED_FILES = (TOKENIZER_FILE, PRETRAINING_FILE)
+OPTIONAL_FILES = (CLASSIFIER_FILE, ATTENTION_FILE, REFERENCE_FILE)
+BUNDLE_FILES = (*REQUIRED_FILES, *OPTIONAL_FILES)
+REQUIRED_KEYS = ("format_version", "config", "max_length", "special_tokens", "files")
+REFERENCE_FORMAT = 1
+# Tolerance of the self-test: |found - expected| <= atol + rtol * max |expected| of that output. Outputs
+# differ between CPUs (instruction sets, INT8 kernels) by far less; a replaced or corrupted graph by far
+# more. INT8 graphs get a wider rtol (REFERENCE_RTOL_INT8): their kernels differ most between CPUs.
+REFERENCE_ATOL = 1e-4
+REFERENCE_RTOL = 1e-2
+REFERENCE_RTOL_INT8 = 5e-2
 
 
 class BundleError(ValueError):
@@ -56,6 +76,8 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in info]
     if missing:
         raise BundleError(f"bundle {bundle_dir}: {MANIFEST} lacks the key(s) {', '.join(missing)}")
+    if not isinstance(info["files"], dict):
+        raise BundleError(f"bundle {bundle_dir}: {MANIFEST}'s files is not an object of name -> sha256")
     return info
 
 
@@ -85,6 +107,122 @@ def load_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def checksums(bundle_dir: str | Path, names: list[str]) -> dict[str, str]:
-    """sha256 of the named files of a folder, for the manifest's "files"."""
-    return {name: file_sha256(Path(bundle_dir) / name) for name in sorted(names)}
+def checksums(bundle_dir: str | Path, names: Iterable[str]) -> dict[str, str]:
+    """sha256 of the named files of a folder, for the manifest's "files".
+
+    The named files must exist; every optional bundle file (OPTIONAL_FILES) present in the folder is
+    added too, because a bundle must list each file it holds for the loader to serve (and check) it.
+    """
+    bundle_dir = Path(bundle_dir)
+    wanted = set(names) | {name for name in OPTIONAL_FILES if (bundle_dir / name).is_file()}
+    return {name: file_sha256(bundle_dir / name) for name in sorted(wanted)}
+
+
+def bundle_tasks(info: dict[str, Any]) -> list[str]:
+    """The tasks a bundle serves, from the files its manifest lists."""
+    files = info.get("files", {})
+    tasks = ["fill-mask", "next-sentence"]
+    if CLASSIFIER_FILE in files:
+        tasks.append("classify")
+    if ATTENTION_FILE in files:
+        tasks.append("attention")
+    return tasks
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to path through a temporary file in the same folder, so a reader never sees half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- reference self-test ------------------------------------------------------------------------------
+def add_reference(bundle_dir: str | Path, reference: dict[str, Any]) -> None:
+    """Write reference.json into a bundle and record its sha256 in bundle.json (the manifest is rewritten;
+    every other file is unchanged)."""
+    bundle_dir = Path(bundle_dir)
+    write_json_atomic(bundle_dir / REFERENCE_FILE, reference)
+    manifest = bundle_dir / MANIFEST
+    info = json.loads(manifest.read_text(encoding="utf-8"))
+    info["files"] = {**info["files"], REFERENCE_FILE: file_sha256(bundle_dir / REFERENCE_FILE)}
+    write_json_atomic(manifest, info)
+
+
+def read_reference(bundle_dir: str | Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The bundle's reference.json, or None for a bundle without one (bundles made before it existed)."""
+    bundle_dir = Path(bundle_dir)
+    if REFERENCE_FILE not in info["files"]:
+        return None
+    try:
+        reference = json.loads((bundle_dir / REFERENCE_FILE).read_text(encoding="utf-8"))
+        version = reference["format"]
+        cases = reference["cases"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"bundle {bundle_dir}: {REFERENCE_FILE} is unreadable ({exc!r})") from exc
+    if not isinstance(version, int) or version > REFERENCE_FORMAT:
+        raise BundleError(
+            f"bundle {bundle_dir}: {REFERENCE_FILE} format {version!r} is not one this pocketbert reads "
+            f"({REFERENCE_FORMAT})"
+        )
+    if not isinstance(cases, list) or not cases:
+        raise BundleError(f"bundle {bundle_dir}: {REFERENCE_FILE} holds no cases")
+    return reference
+
+
+def compare_outputs(
+    bundle_dir: Path, file: str, what: str, found: Any, expected: Any, atol: float, rtol: float
+) -> None:
+    """Raise a BundleError naming `file` when found and expected differ by more than
+    atol + rtol * max |expected| (relative to the output's scale, so small logits are held as tightly)."""
+    found_array = np.asarray(found, dtype=np.float64)
+    expected_array = np.asarray(expected, dtype=np.float64)
+    if found_array.shape != expected_array.shape:
+        raise BundleError(
+            f"bundle {bundle_dir}: {file} disagrees with {REFERENCE_FILE}: {what} has shape "
+            f"{found_array.shape}, expected {expected_array.shape}"
+        )
+    if not found_array.size:
+        return
+    tolerance = atol + rtol * float(np.abs(expected_array).max())
+    worst = float(np.abs(found_array - expected_array).max()) if np.isfinite(found_array).all() else np.inf
+    if worst > tolerance:
+        raise BundleError(
+            f"bundle {bundle_dir}: {file} disagrees with {REFERENCE_FILE}: {what} differs by up to "
+            f"{worst:.4g} (tolerance {tolerance:.3g}); the graph is not the model the bundle was exported "
+            "with: re-export it"
+        )
+
+
+def check_cases(
+    bundle_dir: Path,
+    reference: dict[str, Any],
+    encode: Callable[[str, str | None], list[int]],
+    run_case: Callable[[dict[str, Any]], dict[str, tuple[str, Any]]],
+) -> None:
+    """Run every reference case: the tokenizer must give the recorded ids and each graph output must
+    match. run_case(case) returns {output key: (graph file, value)} for the outputs it computed."""
+    atol = float(reference.get("atol", REFERENCE_ATOL))
+    rtol = float(reference.get("rtol", REFERENCE_RTOL))
+    for index, case in enumerate(reference["cases"]):
+        try:
+            text, pair, expected_ids = case["text"], case.get("pair"), case["input_ids"]
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"bundle {bundle_dir}: {REFERENCE_FILE} case {index} is malformed") from exc
+        if encode(text, pair) != list(expected_ids):
+            raise BundleError(
+                f"bundle {bundle_dir}: {TOKENIZER_FILE} encodes {REFERENCE_FILE}'s case {index} "
+                "differently from the tokenizer the model was exported with (a swapped tokenizer?)"
+            )
+        for key, (file, value) in run_case(case).items():
+            if key not in case:
+                raise BundleError(
+                    f"bundle {bundle_dir}: {REFERENCE_FILE} case {index} lacks {key} although {file} "
+                    "is in the bundle; re-export it"
+                )
+            compare_outputs(bundle_dir, file, f"{key} of case {index}", value, case[key], atol, rtol)

@@ -1,8 +1,9 @@
-"""Model checkpoints: weights + config + what the weights are for, in one atomic file.
+"""model.pt, the export format: weights + config + what the weights are for, in one atomic file.
 
-A model checkpoint is what `pocketbert export` reads: `pretrain` writes one for the pretraining model,
-`finetune` one for the best classifier. (Training state for `--resume` is a separate, larger file
-written by the trainer.) Imports torch: the web service never uses this module.
+`pretrain` writes one for the pretraining model and `finetune` one for the best classifier; `export`,
+`export-hf` and `finetune --init` read them. It is not checkpoint.pt (TRAINING_STATE_FILENAME in
+training/checkpointing.py), the trainer's larger file for `--resume`, although `read_weights` takes the
+weights out of either. Imports torch: the web service never uses this module.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from model.bert import BertForPreTraining, BertForSequenceClassification
 from model.config import BertConfig
 
+MODEL_FILENAME = "model.pt"  # the file name a run folder gives its model
 FORMAT_VERSION = 1
 KINDS = ("pretraining", "classification")
 

@@ -8,13 +8,19 @@ Graphs of a bundle (see training/export.py):
     pretraining.onnx  input_ids, token_type_ids, attention_mask, masked_positions (B, P)
                       -> mlm_logits (B, P, V),
                       nsp_logits (B, 2). The V-wide decoder runs only at masked_positions.
-    classifier.onnx   input_ids, token_type_ids, attention_mask -> logits (B, num_labels)
+    classifier.onnx   input_ids, token_type_ids, attention_mask -> logits (B, num_labels); optional
     attention.onnx    input_ids, token_type_ids, attention_mask -> attentions (L, B, heads, T, T), fp32 and
-                      unfused (a fused Attention op cannot return its probabilities), loaded on first use.
+                      unfused (a fused Attention op cannot return its probabilities), loaded on first use;
+                      optional
+
+`Engine.load` refuses a bundle whose parts do not fit together (tokenizer vs vocabulary, labels vs
+classifier) and runs the bundle's reference self-test when it has one; `write_reference` makes that
+self-test from a bundle's own graphs (export calls it on the finished bundle).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,17 +31,49 @@ import onnxruntime as ort
 from model.bundle import (
     ATTENTION_FILE,
     CLASSIFIER_FILE,
+    MANIFEST,
     PRETRAINING_FILE,
+    REFERENCE_ATOL,
+    REFERENCE_FILE,
+    REFERENCE_FORMAT,
+    REFERENCE_RTOL,
+    REFERENCE_RTOL_INT8,
     TOKENIZER_FILE,
     BundleError,
+    add_reference,
+    check_cases,
     load_manifest,
+    read_manifest,
+    read_reference,
 )
-from model.tokenizer import BOS_ID, CLS_ID, EOS_ID, MASK_ID, PAD_ID, SEP_ID, BatchEncoding, Tokenizer
+from model.tokenizer import (
+    BOS_ID,
+    CLS_ID,
+    EOS_ID,
+    MASK_ID,
+    NUM_SPECIAL,
+    PAD_ID,
+    SEP_ID,
+    BatchEncoding,
+    Tokenizer,
+    TokenizerError,
+)
 
 ENCODER_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 PRETRAINING_INPUTS = (*ENCODER_INPUTS, "masked_positions")
 IS_NEXT = 0  # NSP logit index of "B follows A" (Hugging Face's convention)
 _FRAME_IDS = (PAD_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID)  # dropped from a filled-in "sequence"
+HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
+# A vocabulary with at least this share of Hangul pieces is a Korean model's (a bilingual corpus that
+# is mostly English still gives an English tokenizer a few Hangul pieces).
+KOREAN_VOCAB_SHARE = 0.2
+# Reference inputs: English and Korean, one and several masks, a pair (see write_reference).
+REFERENCE_INPUTS: tuple[tuple[str, str | None], ...] = (
+    ("the cat sat on the [MASK].", None),
+    ("오늘은 날씨가 [MASK] 좋다.", None),
+    ("[MASK] went to the store and bought [MASK] milk.", "it was a [MASK] day."),
+)
+REFERENCE_TOP = 8  # MLM logits kept per masked position: the top ones plus the logsumexp of all
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,6 +81,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[..., 0]
 
 
 def make_session(path: Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
@@ -64,8 +107,16 @@ def _check_inputs(session: ort.InferenceSession, path: Path, expected: Sequence[
         raise BundleError(f"bundle {path.parent}: {path.name} has inputs {found}, expected {tuple(expected)}")
 
 
+def detect_language(tokenizer: Tokenizer) -> str:
+    """'ko' when a good share of the vocabulary's pieces hold Hangul, else 'en' (bundles that do not
+    record their language: the project trains Korean and English models)."""
+    pieces = [tokenizer.id_to_token(i) for i in range(NUM_SPECIAL, tokenizer.vocab_size)]
+    hangul = sum(1 for piece in pieces if HANGUL.search(piece))
+    return "ko" if pieces and hangul / len(pieces) >= KOREAN_VOCAB_SHARE else "en"
+
+
 class Engine:
-    """Fill-mask, next-sentence and classification over one bundle's ONNX graphs."""
+    """Fill-mask, next-sentence, classification and attention maps over one bundle's ONNX graphs."""
 
     def __init__(
         self,
@@ -78,7 +129,9 @@ class Engine:
         """Open the graphs of `folder` WITHOUT verifying checksums (use `Engine.load` for a bundle).
 
         files maps the roles (tokenizer, pretraining, classifier, attention) to other file names; export
-        uses it to run its checks on intermediate graphs before the bundle exists.
+        uses it to run its checks on intermediate graphs before the bundle exists. The classifier and
+        attention graphs are optional: used when `files` names them, when info lists them, or (info
+        without a file list) when they exist.
         """
         folder = Path(folder)
         names = {
@@ -92,21 +145,81 @@ class Engine:
         self.info = info
         self.name = name or info.get("name") or folder.name
         self.max_length = int(info["max_length"])
-        self.label_names = list(info["label_names"])
+        self.label_names = list(info.get("label_names") or [])
         self.intra_op_threads = intra_op_threads
-        self.tokenizer = Tokenizer(folder / names["tokenizer"])
         self._paths = {role: folder / file for role, file in names.items()}
+        listed = info.get("files")
+        self._has = {
+            role: role in (files or {})
+            or (self._paths[role].is_file() if listed is None else names[role] in listed)
+            for role in ("classifier", "attention")
+        }
+        self.tokenizer = self._open_tokenizer()
         self.pretraining = make_session(self._paths["pretraining"], intra_op_threads)
         _check_inputs(self.pretraining, self._paths["pretraining"], PRETRAINING_INPUTS)
-        self.classifier = make_session(self._paths["classifier"], intra_op_threads)
-        _check_inputs(self.classifier, self._paths["classifier"], ENCODER_INPUTS)
+        self.classifier: ort.InferenceSession | None = None
+        if self._has["classifier"]:
+            self.classifier = make_session(self._paths["classifier"], intra_op_threads)
+            _check_inputs(self.classifier, self._paths["classifier"], ENCODER_INPUTS)
+            self._check_labels()
         self._attention: ort.InferenceSession | None = None
 
     @classmethod
     def load(cls, bundle_dir: str | Path, intra_op_threads: int | None = None) -> Engine:
-        """Verify a bundle (format version, files, checksums) and open it; raises BundleError."""
+        """Verify a bundle (format version, files, checksums, its reference self-test) and open it;
+        raises BundleError naming the file at fault."""
         info = load_manifest(bundle_dir)
-        return cls(bundle_dir, info, intra_op_threads=intra_op_threads)
+        engine = cls(bundle_dir, info, intra_op_threads=intra_op_threads)
+        engine.check_reference()
+        return engine
+
+    # --- consistency ------------------------------------------------------------------------------
+    def _open_tokenizer(self) -> Tokenizer:
+        path = self._paths["tokenizer"]
+        try:
+            tokenizer = Tokenizer(path)
+        except TokenizerError as exc:
+            raise BundleError(f"bundle {self.folder}: {path.name} is not a usable tokenizer ({exc})") from exc
+        recorded = (self.info.get("sources") or {}).get("tokenizer_sha256")
+        if recorded and tokenizer.checksum != recorded:
+            raise BundleError(
+                f"bundle {self.folder}: {path.name} is not the tokenizer the model was trained with "
+                f"(sha256 {tokenizer.checksum[:12]}..., {MANIFEST} sources record {recorded[:12]}...)"
+            )
+        vocab = (self.info.get("config") or {}).get("vocab_size")
+        if vocab is not None and tokenizer.vocab_size != vocab:
+            raise BundleError(
+                f"bundle {self.folder}: {path.name} has {tokenizer.vocab_size} pieces but the model's "
+                f"vocabulary has {vocab} (a swapped tokenizer?)"
+            )
+        return tokenizer
+
+    def _check_labels(self) -> None:
+        assert self.classifier is not None
+        width = self.classifier.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and self.label_names and len(self.label_names) != width:
+            raise BundleError(
+                f"bundle {self.folder}: {self._paths['classifier'].name} has {width} outputs but "
+                f"{MANIFEST} names {len(self.label_names)} labels"
+            )
+        if not self.label_names:
+            self.label_names = [f"LABEL_{i}" for i in range(width if isinstance(width, int) else 0)]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this bundle serves: fill-mask and next-sentence always, the others with their graph."""
+        return [
+            "fill-mask",
+            "next-sentence",
+            *(["classify"] if self.classifier is not None else []),
+            *(["attention"] if self._has["attention"] else []),
+        ]
+
+    @property
+    def language(self) -> str:
+        """bundle.json's `language`, else guessed from the vocabulary (see detect_language)."""
+        recorded = self.info.get("language")
+        return str(recorded) if recorded else detect_language(self.tokenizer)
 
     # --- helpers ----------------------------------------------------------------------------------
     def encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> BatchEncoding:
@@ -122,19 +235,33 @@ class Engine:
         return mlm_logits, nsp_logits
 
     def run_classifier(self, batch: BatchEncoding) -> np.ndarray:
+        if self.classifier is None:
+            raise RuntimeError(f"bundle {self.folder} has no {CLASSIFIER_FILE}: it cannot classify")
         return self.classifier.run(["logits"], batch.as_dict())[0]
 
     @property
     def attention_session(self) -> ort.InferenceSession:
         """Opened on first use: most deployments never draw an attention map."""
+        if not self._has["attention"]:
+            raise RuntimeError(f"bundle {self.folder} has no {ATTENTION_FILE}: it cannot draw attention")
         if self._attention is None:
             self._attention = make_session(self._paths["attention"], self.intra_op_threads)
             _check_inputs(self._attention, self._paths["attention"], ENCODER_INPUTS)
         return self._attention
 
+    def run_attention(self, batch: BatchEncoding) -> np.ndarray:
+        """attentions (L, B, heads, T, T)."""
+        return self.attention_session.run(["attentions"], batch.as_dict())[0]
+
     # --- tasks ------------------------------------------------------------------------------------
-    def fill_mask(self, texts: list[str], top_k: int = 5) -> list[list[list[dict]]]:
-        """Per text, per [MASK] in order: the top_k predictions {score, token, token_str, sequence}."""
+    def fill_mask(
+        self, texts: list[str], top_k: int = 5, with_sequence: bool = True
+    ) -> list[list[list[dict]]]:
+        """Per text, per [MASK] in order: the top_k predictions {score, token, token_str, sequence}.
+
+        with_sequence=False leaves out `sequence` (the text with that mask filled), which is most of an
+        answer's size when a text is long or has many masks.
+        """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if not texts:
@@ -156,10 +283,17 @@ class Engine:
         for row in range(len(texts)):
             ids = batch.input_ids[row][batch.attention_mask[row] == 1]
             masks = np.flatnonzero(is_mask[row])
-            results.append([self._predictions(ids, pos, probs[row, i], top_k) for i, pos in enumerate(masks)])
+            results.append(
+                [
+                    self._predictions(ids, pos, probs[row, i], top_k, with_sequence)
+                    for i, pos in enumerate(masks)
+                ]
+            )
         return results
 
-    def _predictions(self, ids: np.ndarray, position: int, probs: np.ndarray, top_k: int) -> list[dict]:
+    def _predictions(
+        self, ids: np.ndarray, position: int, probs: np.ndarray, top_k: int, with_sequence: bool
+    ) -> list[dict]:
         # argpartition finds the top_k of the V scores in O(V); only those k are then sorted.
         candidates = (
             np.argpartition(-probs, top_k - 1)[:top_k] if top_k < probs.size else np.arange(probs.size)
@@ -167,18 +301,18 @@ class Engine:
         best = candidates[np.lexsort((candidates, -probs[candidates]))]  # by score, ties by id
         out = []
         for token in best:
-            filled = ids.copy()
-            filled[position] = token
-            # As Hugging Face's pipeline: the text with this mask filled; other masks stay visible.
-            kept = [int(t) for t in filled if t not in _FRAME_IDS]
-            out.append(
-                {
-                    "score": float(probs[token]),
-                    "token": int(token),
-                    "token_str": self.tokenizer.decode([int(token)], skip_special_tokens=False),
-                    "sequence": self.tokenizer.decode(kept, skip_special_tokens=False),
-                }
-            )
+            prediction = {
+                "score": float(probs[token]),
+                "token": int(token),
+                "token_str": self.tokenizer.decode([int(token)], skip_special_tokens=False),
+            }
+            if with_sequence:
+                filled = ids.copy()
+                filled[position] = token
+                # As Hugging Face's pipeline: the text with this mask filled; other masks stay visible.
+                kept = [int(t) for t in filled if t not in _FRAME_IDS]
+                prediction["sequence"] = self.tokenizer.decode(kept, skip_special_tokens=False)
+            out.append(prediction)
         return out
 
     def next_sentence(self, pairs: list[tuple[str, str]]) -> list[dict]:
@@ -207,6 +341,100 @@ class Engine:
     def attention(self, text: str) -> dict:
         """{"tokens": [str] (T), "attentions": [layer][head][T][T]} for one text (the pretraining encoder)."""
         batch = self.encode([text])
-        (attentions,) = self.attention_session.run(["attentions"], batch.as_dict())  # (L, 1, nh, T, T)
+        attentions = self.run_attention(batch)  # (L, 1, nh, T, T)
         tokens = [self.tokenizer.id_to_token(int(i)) for i in batch.input_ids[0]]
         return {"tokens": tokens, "attentions": attentions[:, 0].astype(float).tolist()}
+
+    # --- reference self-test ------------------------------------------------------------------------
+    def reference_outputs(self, text: str, pair: str | None, with_attention: bool) -> dict[str, Any]:
+        """What the graphs give for one reference input, in reference.json's form."""
+        batch = self.encode([text], None if pair is None else [pair])
+        positions = np.flatnonzero(batch.input_ids[0] == MASK_ID)
+        if not positions.size:
+            positions = np.array([1])
+        mlm_logits, nsp_logits = self.run_pretraining(batch, positions[None, :])
+        out: dict[str, Any] = {
+            "mlm_positions": positions.tolist(),
+            "mlm_logsumexp": logsumexp(mlm_logits[0]).tolist(),
+            "nsp_logits": nsp_logits[0].tolist(),
+            "mlm": mlm_logits[0],  # full (P, V) logits: the writer keeps the top ones, the checker gathers
+        }
+        if self.classifier is not None:
+            out["classifier_logits"] = self.run_classifier(batch)[0].tolist()
+        if with_attention and self._has["attention"]:
+            out["attentions"] = self.run_attention(batch)[:, 0].tolist()
+        return out
+
+    def check_reference(self) -> None:
+        """Run the bundle's reference.json, if it has one; BundleError naming the file that disagrees."""
+        reference = read_reference(self.folder, self.info)
+        if reference is None:
+            return
+
+        def encode(text: str, pair: str | None) -> list[int]:
+            return self.encode([text], None if pair is None else [pair]).input_ids[0].tolist()
+
+        def run_case(case: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+            got = self.reference_outputs(case["text"], case.get("pair"), "attentions" in case)
+            ids = np.asarray(case.get("mlm_ids", []), dtype=np.int64)
+            if got["mlm"].shape[0] != ids.shape[0]:
+                raise BundleError(
+                    f"bundle {self.folder}: {PRETRAINING_FILE} disagrees with the reference: "
+                    f"{got['mlm'].shape[0]} masked positions, expected {ids.shape[0]}"
+                )
+            outputs = {
+                "mlm_logits": (PRETRAINING_FILE, np.take_along_axis(got["mlm"], ids, axis=-1)),
+                "mlm_logsumexp": (PRETRAINING_FILE, got["mlm_logsumexp"]),
+                "nsp_logits": (PRETRAINING_FILE, got["nsp_logits"]),
+            }
+            if "classifier_logits" in got:
+                outputs["classifier_logits"] = (CLASSIFIER_FILE, got["classifier_logits"])
+            if "attentions" in got:
+                outputs["attentions"] = (ATTENTION_FILE, got["attentions"])
+            return outputs
+
+        check_cases(self.folder, reference, encode, run_case)
+
+
+def make_reference(engine: Engine) -> dict[str, Any]:
+    """reference.json's content: REFERENCE_INPUTS, their token ids and what the engine's graphs give."""
+    cases = []
+    for index, (text, pair) in enumerate(REFERENCE_INPUTS):
+        got = engine.reference_outputs(text, pair, with_attention=index == 0)
+        mlm = got.pop("mlm")
+        top = np.argsort(-mlm, axis=-1, kind="stable")[:, :REFERENCE_TOP]
+        cases.append(
+            {
+                "text": text,
+                "pair": pair,
+                "input_ids": engine.encode([text], None if pair is None else [pair]).input_ids[0].tolist(),
+                "mlm_ids": top.tolist(),
+                "mlm_logits": np.take_along_axis(mlm, top, axis=-1).tolist(),
+                **got,
+            }
+        )
+    int8 = (engine.info.get("export") or {}).get("quantization") == "int8"
+    return {
+        "format": REFERENCE_FORMAT,
+        "about": "inputs and the outputs this bundle's graphs gave at export; loading re-runs them",
+        "atol": REFERENCE_ATOL,
+        "rtol": REFERENCE_RTOL_INT8 if int8 else REFERENCE_RTOL,
+        "cases": cases,
+    }
+
+
+def write_reference(bundle_dir: str | Path, engine: Engine | None = None) -> Path:
+    """Add the reference self-test to a finished bundle: run its graphs on REFERENCE_INPUTS, write
+    reference.json and list it (with its sha256) in bundle.json. Returns the file's path.
+
+    Call it on the complete bundle folder (e.g. export's staging folder, after bundle.json is written
+    and before it is published) so the outputs recorded are those of the graphs the bundle will serve;
+    `engine` may be one already open on that folder.
+    """
+    bundle_dir = Path(bundle_dir)
+    if engine is None:
+        engine = Engine(bundle_dir, read_manifest(bundle_dir))
+    elif engine.folder.resolve() != bundle_dir.resolve():
+        raise ValueError(f"the engine serves {engine.folder}, not {bundle_dir}")
+    add_reference(bundle_dir, make_reference(engine))
+    return bundle_dir / REFERENCE_FILE

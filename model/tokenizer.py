@@ -21,7 +21,8 @@ import sentencepiece as spm
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 NUM_SPECIAL = len(SPECIAL_TOKENS)  # ids below this are special: never masked, never a random replacement
-MODEL_FILENAME = "tokenizer.model"
+TOKENIZER_FILENAME = "tokenizer.model"
+IS_NEXT, NOT_NEXT = 0, 1  # next-sentence label of a pair: B follows A, or not (Hugging Face's convention)
 WORD_BOUNDARY = "\u2581"  # "▁": SentencePiece's mark for "a new word starts here"
 _THREADED_BATCH_MIN = 256  # batches at least this large go through SentencePiece's threaded list call
 
@@ -62,8 +63,8 @@ class BatchEncoding:
 def truncate_pair(tokens_a: S, tokens_b: S, max_tokens: int) -> tuple[S, S]:
     """Trim a pair to at most max_tokens, dropping from the FRONT of A and the END of B.
 
-    Tokens go one at a time from the longer side (B on a tie), as in google-research/bert; the sides
-    are the seed's rule: A keeps the words nearest the boundary, and so does B. Closed form of that loop.
+    Tokens go one at a time from the longer side (B on a tie), as in google-research/bert, but from these
+    sides so that A keeps the words nearest the boundary, and so does B. Closed form of that loop.
     """
     len_a, len_b = len(tokens_a), len(tokens_b)
     excess = len_a + len_b - max_tokens
@@ -107,7 +108,7 @@ class Tokenizer:
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
         if path.is_dir():
-            path = path / MODEL_FILENAME
+            path = path / TOKENIZER_FILENAME
         if not path.is_file():
             raise TokenizerError(f"{path}: no tokenizer file (train one with `pocketbert tokenizer train`)")
         self.path = path

@@ -11,8 +11,9 @@
 #   - packages: wheels built/downloaded on the host (for the base image's Python version) and put in the
 #     build context; the build itself runs with --network none;
 #   - model: the bundles in ./bundles if any, else a tiny random bundle made by the project's own export.
-# Then: run the container, check /healthz, /readyz, a real /fill-mask and /classify answer, that it runs
-# as a non-root user and has no torch. Everything it started (container, image, temp files, dockerd) is
+# Then: run the container with a read-only root filesystem (--read-only, a tmpfs on /tmp), check /healthz,
+# /readyz, a real /fill-mask and /classify answer, that it runs as a non-root user, cannot write to its
+# filesystem, and has no torch. Everything it started (container, image, temp files, dockerd) is
 # removed on exit, failure included; only the cached base image stays.
 set -euo pipefail
 
@@ -148,7 +149,8 @@ log "$(ls "$CTX/wheels" | wc -l) wheels, $(du -sh "$CTX/wheels" | cut -f1)"
 log "docker build (--network none, BASE_IMAGE=$BASE_IMAGE)"
 docker build --quiet --network none --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE" "$CTX" >/dev/null
 log "image $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
-docker run -d --name "$CONTAINER" -p 127.0.0.1::8000 "$IMAGE" >/dev/null
+# Read-only root: the service must need no writable path but a tmpfs /tmp.
+docker run -d --name "$CONTAINER" --read-only --tmpfs /tmp:rw,noexec,nosuid,size=64m -p 127.0.0.1::8000 "$IMAGE" >/dev/null
 PORT=$(docker port "$CONTAINER" 8000/tcp | head -1 | sed 's/.*://')
 URL=http://127.0.0.1:$PORT
 log "container $CONTAINER on $URL"
@@ -198,6 +200,12 @@ status, body = call("/fill-mask", {"inputs": "no mask"})
 assert status == 422, (status, body)
 print("  /fill-mask without [MASK]: 422")
 PY
+[ "$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$CONTAINER")" = true ] \
+    || { log "the container's root filesystem is not read-only"; exit 1; }
+if docker exec "$CONTAINER" sh -c 'echo x > /app/probe' 2>/dev/null; then
+    log "the container could write to /app despite --read-only"; exit 1
+fi
+docker exec "$CONTAINER" sh -c 'echo x > /tmp/probe && rm /tmp/probe' || { log "/tmp (tmpfs) is not writable"; exit 1; }
 USER_ID=$(docker exec "$CONTAINER" id -u)
 [ "$USER_ID" != 0 ] || { log "the container runs as root"; exit 1; }
 docker exec "$CONTAINER" python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
@@ -206,4 +214,4 @@ docker exec "$CONTAINER" python -c "import importlib.util as u, sys; sys.exit(u.
 HEALTHCHECK_CMD=$(docker inspect --format '{{join .Config.Healthcheck.Test " "}}' "$CONTAINER")
 docker exec "$CONTAINER" python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" \
     || { log "the health check fails: $HEALTHCHECK_CMD"; exit 1; }
-log "runs as uid $USER_ID, no torch in the image, health check passes ($HEALTHCHECK_CMD)"
+log "runs as uid $USER_ID on a read-only root, no torch in the image, health check passes ($HEALTHCHECK_CMD)"

@@ -1,4 +1,5 @@
-"""Session fixtures that build tiny model checkpoints and a tiny ONNX bundle with the project's own export.
+"""Session fixtures that build tiny model checkpoints and a tiny ONNX bundle with the project's own export,
+and variants of that bundle (renamed, with a language, a reference self-test, or fewer graphs).
 
 Loaded from conftest.py through pytest_plugins. Random weights: these fixtures test the machinery
 (export, checks, loading, serving), not what a trained model predicts.
@@ -6,6 +7,8 @@ Loaded from conftest.py through pytest_plugins. Random weights: these fixtures t
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +90,76 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: Tiny
         threads=1,
     )
     return out
+
+
+# --- variants of the tiny bundle: copies with another name, language or file set --------------------------
+def edit_manifest(bundle: Path, **changes: object) -> dict:
+    """Set keys of bundle.json (the manifest is not in its own checksums, so the bundle stays valid)."""
+    manifest = bundle / "bundle.json"
+    info = json.loads(manifest.read_text(encoding="utf-8"))
+    info.update(changes)
+    manifest.write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    return info
+
+
+def rehash(bundle: Path, *names: str) -> None:
+    """Record the current sha256 of files in bundle.json: a damaged file that the checksum lets through."""
+    from model.tokenizer import file_sha256
+
+    info = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    edit_manifest(bundle, files={**info["files"], **{n: file_sha256(bundle / n) for n in names}})
+
+
+def copy_bundle(
+    source: Path,
+    dest: Path,
+    name: str | None = None,
+    language: str | None = None,
+    reference: bool = False,
+    without: tuple[str, ...] = (),
+) -> Path:
+    """A copy of `source` at dest, renamed, with a language, a reference self-test, or files removed
+    (removed from the folder and from bundle.json: a bundle made without them)."""
+    shutil.copytree(source, dest)
+    dest.chmod(0o755)
+    info = json.loads((dest / "bundle.json").read_text(encoding="utf-8"))
+    files = {k: v for k, v in info["files"].items() if k not in without}
+    for file in without:
+        (dest / file).unlink()
+    changes: dict[str, object] = {"files": files}
+    if name:
+        changes["name"] = name
+    if language:
+        changes["language"] = language
+    if "classifier.onnx" in without:
+        changes["label_names"] = []
+    edit_manifest(dest, **changes)
+    if reference:
+        from model.engine import write_reference
+
+        write_reference(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_with_reference(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Path:
+    """The tiny bundle plus its reference.json self-test. Treat as read-only."""
+    return copy_bundle(tiny_bundle, tmp_path_factory.mktemp("reference") / "tiny", reference=True)
+
+
+@pytest.fixture(scope="session")
+def ko_en_bundles(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Path:
+    """A folder of two bundles, "en" (language en) and "ko" (language ko): the same tiny weights, so
+    only routing tells them apart (every answer names its model). Treat as read-only."""
+    folder = tmp_path_factory.mktemp("two-bundles")
+    copy_bundle(tiny_bundle, folder / "en", name="en", language="en", reference=True)
+    copy_bundle(tiny_bundle, folder / "ko", name="ko", language="ko", reference=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pretraining_only_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Path:
+    """A bundle of the pretraining graph alone ("mlm"): fill-mask and next-sentence, no classifier and
+    no attention graph. Treat as read-only."""
+    dest = tmp_path_factory.mktemp("pretraining-only") / "mlm"
+    return copy_bundle(tiny_bundle, dest, name="mlm", without=("classifier.onnx", "attention.onnx"))

@@ -1,14 +1,15 @@
 """The web API through FastAPI's TestClient, on the tiny bundle built by the project's own export.
 
-Answers are compared with the engine called directly; bad input must be a 422 naming the field and the
-reason. Overload (503 + Retry-After) and deadlines (504) use a blocking fake engine, the only way to
-hold a batch open deterministically.
+Answers are compared with the engine called directly; bad input must be a 4xx naming the field and the
+reason. Overload (503 + Retry-After), deadlines (504) and server faults (500) use fake engines, the only
+way to hold a batch open or fail one deterministically. Every test makes its own requests: none relies
+on what another test sent (the module's client is shared, its answers are not).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import logging
 import threading
 import time
 from pathlib import Path
@@ -18,19 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.service import StartupError
 from app.settings import Settings
 
 LABELS = ["negative", "positive"]
-
-
-def wait_ready(client: TestClient, expect: int = 200) -> dict:
-    """Poll /readyz (bundles load in the background) until it answers `expect`; bounded."""
-    for _ in range(600):
-        response = client.get("/readyz")
-        if response.status_code == expect and response.json()["status"] != "loading":
-            return response.json()
-        time.sleep(0.05)
-    raise AssertionError(f"/readyz never answered {expect}: {response.status_code} {response.text}")
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +34,19 @@ def engine(tiny_bundle: Path):
 
 @pytest.fixture(scope="module")
 def client(tiny_bundle: Path):
-    settings = Settings(bundles=[tiny_bundle], max_inputs=4, max_text_chars=300, ort_threads=1)
+    settings = Settings(
+        bundles=[tiny_bundle],
+        max_inputs=4,
+        max_text_chars=300,
+        ort_threads=1,
+        max_top_k=20,
+        max_masks_per_text=3,
+        max_masks_per_request=5,
+        max_predictions=40,
+        attention_max_chars=200,
+        max_body_bytes=4096,
+    )
     with TestClient(create_app(settings)) as c:
-        wait_ready(c)
         yield c
 
 
@@ -61,19 +63,25 @@ def test_health_ready_and_models(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "models": ["tiny"], "errors": []}
     models = client.get("/v1/models").json()
-    assert models["default"] == "tiny"
+    assert models["default"] == "tiny" and models["routing"] == "language"
     (tiny,) = models["models"]
     assert tiny["labels"] == LABELS and tiny["default"] is True and tiny["max_length"] == 64
     assert tiny["config"]["hidden_size"] == 32 and "pretraining" in tiny["metrics"]
-    assert set(tiny["tasks"]) >= {"fill-mask", "next-sentence", "classify", "attention"}
+    assert tiny["tasks"] == ["fill-mask", "next-sentence", "classify", "attention"]
+    assert tiny["headline"] == {"mlm_accuracy": 0.1, "nsp_accuracy": 0.5, "accuracy_mean": 50.0}
+    assert tiny["language"] in ("en", "ko")  # the tiny tokenizer is bilingual: guessed from its vocabulary
 
 
-def test_demo_page_and_docs_are_served(client: TestClient) -> None:
+def test_demo_page_and_offline_docs_are_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "fill-mask" in page.text.lower()
+    assert "fill-mask" in page.text.lower() and 'data-language="ko"' in page.text
     assert client.get("/static/app.js").status_code == 200
-    assert client.get("/docs").status_code == 200
+    for path, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(path).text
+        assert f"/docs-assets/{asset}" in html and "cdn." not in html and "fonts.googleapis" not in html
+        served = client.get(f"/docs-assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 100_000
 
 
 def test_every_request_field_is_documented_with_an_example(client: TestClient) -> None:
@@ -93,12 +101,40 @@ def test_every_request_field_is_documented_with_an_example(client: TestClient) -
             assert spec.get("examples"), f"{name}.{field} has no example"
 
 
+def test_limits_are_in_the_schema(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    fill = schemas["FillMaskRequest"]["properties"]
+    text, texts = fill["inputs"]["anyOf"]
+    assert text["maxLength"] == 300 and text["pattern"] == r"\[MASK\]"
+    assert texts["maxItems"] == 4 and texts["items"]["maxLength"] == 300
+    assert fill["top_k"]["maximum"] == 20 and fill["model"]["anyOf"][0]["enum"] == ["tiny"]
+    assert schemas["AttentionRequest"]["properties"]["text"]["maxLength"] == 200
+    description = client.get("/openapi.json").json()["info"]["description"]
+    assert "at most 4096 bytes (413)" in description and "at most 40 predictions" in description
+
+
+def test_documented_examples_name_the_loaded_model_and_succeed(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = {
+        "FillMaskRequest": "/fill-mask",
+        "NextSentenceRequest": "/next-sentence",
+        "ClassifyRequest": "/classify",
+        "AttentionRequest": "/attention",
+    }
+    for component, path in paths.items():
+        examples = spec["components"]["schemas"][component]["examples"]
+        assert examples and all(example["model"] == "tiny" for example in examples)
+        for example in examples:
+            response = client.post(path, json=example)
+            assert response.status_code == 200, (path, example, response.text)
+
+
 # --- tasks --------------------------------------------------------------------------------------------------
 def test_fill_mask_matches_the_engine(client: TestClient, engine) -> None:
     response = client.post("/fill-mask", json={"inputs": "the cat [MASK] the park.", "top_k": 3})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == "tiny"
+    assert body["model"] == "tiny" and body["truncated"] == [False]
     (predictions,) = body["results"]  # one input with one mask: a flat list, as Hugging Face's pipeline
     assert [set(p) for p in predictions] == [{"score", "token", "token_str", "sequence"}] * 3
     (expected,) = engine.fill_mask(["the cat [MASK] the park."], top_k=3)
@@ -118,21 +154,41 @@ def test_fill_mask_several_inputs_and_masks(client: TestClient) -> None:
     assert len(results[1]) == 2 and all(len(per_mask) == 5 for per_mask in results[1])  # one list per mask
 
 
+def test_fill_mask_can_leave_out_the_sequence(client: TestClient) -> None:
+    body = {"inputs": "the cat [MASK] the park.", "top_k": 2}
+    full = client.post("/fill-mask", json=body).json()["results"][0]
+    lean = client.post("/fill-mask", json={**body, "include_sequence": False}).json()["results"][0]
+    assert all("sequence" not in p for p in lean) and all(p["sequence"] for p in full)
+    assert [p["token"] for p in lean] == [p["token"] for p in full]
+
+
 @pytest.mark.parametrize(
     ("body", "field", "words"),
     [
         ({"inputs": "no mask here"}, "inputs", "no [MASK]"),
         ({"inputs": ["a [MASK].", "no mask"]}, "1", "no [MASK]"),
         ({"inputs": ""}, "inputs", "empty"),
-        ({"inputs": ["a [MASK].", "   "]}, "inputs", "inputs[1] is empty"),
+        ({"inputs": ["a [MASK].", "   "]}, "1", "empty"),
         ({"inputs": []}, "inputs", "at least one"),
         ({"inputs": ["a [MASK]."] * 5}, "inputs", "at most 4 inputs"),
-        ({"inputs": "a [MASK] " + "word " * 100}, "inputs", "longer than 300 characters"),
-        ({"inputs": "word " * 55 + "[MASK]"}, "inputs", "beyond the model's maximum length"),
+        ({"inputs": "a [MASK] " + "word " * 100}, "inputs", "at most 300 characters"),
+        ({"inputs": "word " * 55 + "[MASK]"}, "inputs", "tokens long"),
+        (
+            {"inputs": "word " * 55 + "[MASK]", "truncate": True},
+            "inputs",
+            "beyond the model's maximum length",
+        ),
+        ({"inputs": "[MASK] [MASK] [MASK] [MASK]"}, "inputs", "at most 3 [MASK] tokens per text, got 4"),
+        (
+            {"inputs": ["[MASK] [MASK] [MASK]", "[MASK] [MASK] [MASK]"]},
+            "inputs",
+            "at most 5 [MASK] tokens per",
+        ),
+        ({"inputs": "[MASK] [MASK] [MASK]", "top_k": 14}, "top_k", "42 predictions, more than the 40"),
         ({"inputs": "a [MASK].", "top_k": 0}, "top_k", "greater than or equal to 1"),
-        ({"inputs": "a [MASK].", "top_k": 51}, "top_k", "less than or equal to 50"),
+        ({"inputs": "a [MASK].", "top_k": 21}, "top_k", "less than or equal to 20"),
         ({"inputs": "a [MASK].", "model": "nope"}, "model", "unknown model 'nope'"),
-        ({"inputs": 5}, "inputs", "valid"),
+        ({"inputs": 5}, "inputs", "a text or a list of texts"),
         ({"inputs": "a [MASK].", "topk": 3}, "topk", "extra inputs"),
         ({}, "inputs", "required"),
     ],
@@ -141,11 +197,6 @@ def test_fill_mask_bad_input_is_422_naming_field_and_reason(
     client: TestClient, body: dict, field: str, words: str
 ) -> None:
     assert_422(client.post("/fill-mask", json=body), field, words)
-
-
-def test_malformed_json_is_422(client: TestClient) -> None:
-    response = client.post("/fill-mask", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
 
 
 def test_next_sentence(client: TestClient, engine) -> None:
@@ -162,7 +213,20 @@ def test_next_sentence(client: TestClient, engine) -> None:
     assert all(0.0 <= r["score"] <= 1.0 for r in many)
     assert_422(client.post("/next-sentence", json={"pairs": {"first": "a", "second": ""}}), "second", "empty")
     assert_422(client.post("/next-sentence", json={"pairs": []}), "pairs", "at least one")
-    assert_422(client.post("/next-sentence", json={"pairs": [pair] * 5}), "pairs", "at most 4")
+    assert_422(client.post("/next-sentence", json={"pairs": [pair] * 5}), "pairs", "at most 4 pairs")
+
+
+def test_a_pair_may_be_a_two_text_list(client: TestClient) -> None:
+    as_object = {"first": "the cat sees the park.", "second": "a dog likes a book."}
+    as_list = [as_object["first"], as_object["second"]]
+    expected = client.post("/next-sentence", json={"pairs": as_object}).json()["results"]
+    assert client.post("/next-sentence", json={"pairs": as_list}).json()["results"] == expected
+    both = client.post("/next-sentence", json={"pairs": [as_list, as_object]}).json()["results"]
+    assert both == expected * 2
+    wrong = client.post("/next-sentence", json={"pairs": [as_object, ["only one"]]})
+    assert_422(
+        wrong, "pairs", 'pairs[1]: each pair must be {"first": "...", "second": "..."} or a list of two'
+    )
 
 
 def test_classify(client: TestClient, engine) -> None:
@@ -179,10 +243,28 @@ def test_classify(client: TestClient, engine) -> None:
     assert_422(client.post("/classify", json={"inputs": "x", "top_k": 0}), "top_k", "greater than")
 
 
+def test_truncation_is_an_option_and_is_reported(client: TestClient, engine) -> None:
+    long = "the cat sees the park. " * 12  # over 64 tokens, under 300 characters
+    tokens = len(engine.tokenizer.encode_ids(long)) + 2
+    refused = client.post("/classify", json={"inputs": ["short", long]})
+    assert_422(refused, "1", f"the input is {tokens} tokens long")
+    assert 'send "truncate": true' in refused.json()["detail"][0]["msg"]
+    cut = client.post("/classify", json={"inputs": ["short", long], "truncate": True}).json()
+    assert cut["truncated"] == [False, True]
+    (expected,) = engine.classify([long])  # the engine truncates as the service does
+    assert cut["results"][1][0]["score"] == pytest.approx(expected[0]["score"], rel=1e-4)
+    pair = {"first": long, "second": "a dog."}
+    assert_422(client.post("/next-sentence", json={"pairs": pair}), "pairs", "tokens long")
+    assert client.post("/next-sentence", json={"pairs": pair, "truncate": True}).json()["truncated"] == [True]
+    text = "the cat sees the park. " * 8
+    assert_422(client.post("/attention", json={"text": text}), "text", "tokens long")
+    assert client.post("/attention", json={"text": text, "truncate": True}).json()["truncated"] is True
+
+
 def test_attention_maps(client: TestClient) -> None:
     body = client.post("/attention", json={"text": "the cat sees the park."}).json()
     tokens, maps = body["tokens"], np.array(body["attentions"])
-    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and body["truncated"] is False
     assert (
         maps.shape
         == (body["num_layers"], body["num_heads"], len(tokens), len(tokens))
@@ -190,85 +272,146 @@ def test_attention_maps(client: TestClient) -> None:
     )
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-4)
     assert_422(client.post("/attention", json={"text": " "}), "text", "empty")
+    assert_422(client.post("/attention", json={"text": "a" * 201}), "text", "at most 200 characters")
 
 
 def test_metrics_exposition(client: TestClient) -> None:
     client.post("/classify", json={"inputs": "fine"})
+    client.post("/fill-mask", json={"inputs": "no mask"})
+    client.post("/classify", content=b"x" * 5000, headers={"content-type": "application/json"})
     text = client.get("/metrics").text
     assert 'pocketbert_http_requests_total{endpoint="/classify",method="POST",status="200"}' in text
     assert 'pocketbert_http_requests_total{endpoint="/fill-mask",method="POST",status="422"}' in text
+    assert 'pocketbert_http_requests_total{endpoint="/classify",method="POST",status="413"}' in text
     assert "pocketbert_http_request_duration_seconds_bucket{" in text
     assert 'pocketbert_batch_size_count{model="tiny",task="classify"}' in text
     assert 'pocketbert_queue_depth{model="tiny",task="fill-mask"} 0' in text
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
 
 
-# --- several bundles, no bundle -----------------------------------------------------------------------------
-def test_several_bundles_model_picks_one(tiny_bundle: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "bundles"
-    for name in ("en", "ko"):
-        shutil.copytree(tiny_bundle, folder / name)
-        manifest = folder / name / "bundle.json"
-        info = json.loads(manifest.read_text())
-        info["name"] = name
-        manifest.write_text(json.dumps(info))
-    settings = Settings(bundles=[folder], default_model="ko", ort_threads=1)
+# --- bodies: size, encoding, JSON, content type -------------------------------------------------------------
+def test_body_over_the_limit_is_413_by_content_length_and_chunked(client: TestClient) -> None:
+    big = json.dumps({"inputs": "a " * 3000}).encode()  # 6 kB > 4096 bytes
+    declared = client.post("/classify", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "limit is 4096 bytes" in declared.json()["detail"]
+
+    def chunks():  # no Content-Length: the body arrives in pieces (Transfer-Encoding: chunked)
+        for start in range(0, len(big), 1000):
+            yield big[start : start + 1000]
+
+    chunked = client.post("/classify", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "limit is 4096 bytes" in chunked.json()["detail"]
+    small = client.post("/classify", content=(c for c in [b'{"inputs": ', b'"fine"}']))
+    assert small.status_code == 200, small.text
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"{not json", "not valid JSON: Expecting property name"),
+        (b'{"inputs": "caf\xe9"}', "not valid UTF-8 (byte 0xe9 at offset 15)"),
+        (b'{"inputs": "\\ud800 x"}', "lone surrogate"),
+        (b'{"inputs": ["ok", "\\udfff"]}', "lone surrogate"),
+    ],
+)
+def test_undecodable_bodies_are_422_with_the_reason(client: TestClient, content: bytes, words: str) -> None:
+    response = client.post("/classify", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert any(words in d["msg"] for d in response.json()["detail"]), response.text
+
+
+def test_deeply_nested_json_is_422(tiny_bundle: Path) -> None:
+    settings = Settings(bundles=[tiny_bundle], ort_threads=1)
     with TestClient(create_app(settings)) as client:
-        assert wait_ready(client)["models"] == ["en", "ko"]
-        assert client.get("/v1/models").json()["default"] == "ko"
-        assert client.post("/classify", json={"inputs": "x"}).json()["model"] == "ko"
-        assert client.post("/classify", json={"inputs": "x", "model": "en"}).json()["model"] == "en"
-        assert_422(
-            client.post("/classify", json={"inputs": "x", "model": "fr"}), "model", "loaded models: en, ko"
+        response = client.post(
+            "/classify", content=b"[" * 100_000, headers={"content-type": "application/json"}
         )
+        assert response.status_code == 422 and "nested too deeply" in response.text
 
 
-def test_without_a_bundle_alive_but_not_ready(tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(bundles=[tmp_path]))) as client:
-        body = wait_ready(client, expect=503)
-        assert body["status"] == "failed" and "no bundle" in body["errors"][0]
-        assert client.get("/healthz").status_code == 200
-        response = client.post("/classify", json={"inputs": "x"})
-        assert response.status_code == 503 and "no model is loaded" in response.json()["detail"]
+def test_json_without_its_content_type_is_accepted(client: TestClient) -> None:
+    body = b'{"inputs": "a good movie"}'
+    for headers in (
+        {},
+        {"content-type": "application/x-www-form-urlencoded"},
+        {"content-type": "text/plain"},
+    ):
+        response = client.post("/classify", content=body, headers=headers)
+        assert response.status_code == 200, (headers, response.text)
+    form = client.post("/classify", data={"inputs": "a good movie"})  # a real form body
+    assert form.status_code == 422
+    assert "send JSON with Content-Type: application/json" in form.json()["detail"][0]["msg"]
 
 
-def test_damaged_bundle_is_reported_not_served(tiny_bundle: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_bundle, broken)
+# --- start-up ----------------------------------------------------------------------------------------------
+def test_without_a_bundle_start_up_fails_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match=rf"no bundle .* found in {tmp_path} \(POCKETBERT_BUNDLES\)"):
+        create_app(Settings(bundles=[tmp_path]))
+
+
+def test_damaged_bundle_stops_start_up_naming_the_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    from bundle_fixtures import copy_bundle
+
+    broken = copy_bundle(tiny_bundle, tmp_path / "broken")
     (broken / "classifier.onnx").write_bytes(b"not onnx")
-    with TestClient(create_app(Settings(bundles=[broken]))) as client:
-        body = wait_ready(client, expect=503)
-        assert "classifier.onnx" in body["errors"][0]
+    with pytest.raises(StartupError, match="classifier.onnx changed since export"):
+        create_app(Settings(bundles=[broken]))
 
 
-# --- overload and deadlines (blocking fake engine) ----------------------------------------------------------
+def test_unknown_default_model_stops_start_up(tiny_bundle: Path) -> None:
+    with pytest.raises(StartupError, match="default model 'fr' .* is not loaded; loaded: tiny"):
+        create_app(Settings(bundles=[tiny_bundle], default_model="fr", ort_threads=1))
+
+
+# --- overload, deadlines, server faults (fake engines) -----------------------------------------------------
+class FakeTokenizer:
+    """Whitespace tokens: enough for the service's checks; [MASK] is id 6 as in every pocketbert vocab."""
+
+    def encode_ids(self, text: str) -> list[int]:
+        return [6 if word == "[MASK]" else 7 for word in text.split()]
+
+    def build_inputs(self, ids, max_length=64):
+        from model.tokenizer import Encoding
+
+        body = list(ids[: max_length - 2])
+        return Encoding([4, *body, 5], [0] * (len(body) + 2))
+
+
 class BlockingEngine:
-    """Honours the engine contract; classify blocks until released, so a batch can be held open."""
+    """Honours the engine contract; classify blocks until released, so a batch can be held open, and
+    fails while `fail` is set, as a damaged graph would at run time."""
 
     name = "fake"
     info: dict = {}
     max_length = 64
     label_names = LABELS
+    tasks = ["fill-mask", "next-sentence", "classify", "attention"]
+    language = "en"
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = True) -> None:
         self.release = threading.Event()
+        if not hold:
+            self.release.set()
         self.started = threading.Event()
-        self.tokenizer = None
+        self.fail: Exception | None = None
+        self.tokenizer = FakeTokenizer()
 
     def classify(self, texts: list[str], top_k: int | None = None) -> list[list[dict]]:
-        if texts != ["warm up"] and texts != ["hello world"]:
+        if texts != ["hello world"]:  # the warm-up passes
             self.started.set()
             assert self.release.wait(30)
+            if self.fail is not None:
+                raise self.fail
         return [[{"label": "positive", "score": 0.75}, {"label": "negative", "score": 0.25}] for _ in texts]
 
-    def fill_mask(self, texts: list[str], top_k: int = 5) -> list:
-        return [[[]] for _ in texts]
+    def fill_mask(self, texts: list[str], top_k: int = 5, with_sequence: bool = True) -> list:
+        return [[[{"score": 1.0, "token": 7, "token_str": "x"}]] for _ in texts]
 
     def next_sentence(self, pairs: list) -> list[dict]:
         return [{"is_next": True, "score": 1.0} for _ in pairs]
 
     def attention(self, text: str) -> dict:
-        return {"tokens": [], "attentions": []}
+        return {"tokens": ["[CLS]", "[SEP]"], "attentions": [[[[0.5, 0.5], [0.5, 0.5]]]]}
 
 
 def _post_in_thread(client: TestClient, results: list, body: dict) -> threading.Thread:
@@ -277,26 +420,31 @@ def _post_in_thread(client: TestClient, results: list, body: dict) -> threading.
     return thread
 
 
-def _queue_depth(client: TestClient) -> float:
+def _metric(client: TestClient, prefix: str) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith('pocketbert_queue_depth{model="fake",task="classify"}'):
+        if line.startswith(prefix):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def _wait_for(condition, what: str) -> None:
+    for _ in range(400):
+        if condition():
+            return
+        time.sleep(0.025)
+    raise AssertionError(f"never happened: {what}")
 
 
 def test_full_queue_answers_503_with_retry_after() -> None:
     engine = BlockingEngine()
     settings = Settings(max_queue=2, max_wait_ms=0, request_timeout_s=30)
     with TestClient(create_app(settings, engines=[engine])) as client:
-        wait_ready(client)
         results: list = []
         threads = [_post_in_thread(client, results, {"inputs": "held"})]
         assert engine.started.wait(10)  # batch 1 is running and blocked
         threads.append(_post_in_thread(client, results, {"inputs": ["a", "b"]}))  # fills the queue (2 of 2)
-        for _ in range(400):
-            if _queue_depth(client) == 2:
-                break
-            time.sleep(0.025)
+        depth = 'pocketbert_queue_depth{model="fake",task="classify"}'
+        _wait_for(lambda: _metric(client, depth) == 2, "two sequences queued")
         refused = client.post("/classify", json={"inputs": "one too many"})
         assert refused.status_code == 503
         assert int(refused.headers["retry-after"]) >= 1 and "queue full" in refused.json()["detail"]
@@ -304,18 +452,94 @@ def test_full_queue_answers_503_with_retry_after() -> None:
         for thread in threads:
             thread.join(30)
         assert sorted(r.status_code for r in results) == [200, 200]
-        assert (
-            'pocketbert_queue_rejected_total{model="fake",task="classify"} 1' in client.get("/metrics").text
-        )
+        assert _metric(client, 'pocketbert_queue_rejected_total{model="fake",task="classify"}') == 1
+
+
+def test_too_many_requests_in_flight_is_503_and_health_still_answers() -> None:
+    engine = BlockingEngine()
+    settings = Settings(max_concurrent_requests=1, max_wait_ms=0, request_timeout_s=30)
+    with TestClient(create_app(settings, engines=[engine])) as client:
+        results: list = []
+        thread = _post_in_thread(client, results, {"inputs": "held"})
+        assert engine.started.wait(10)
+        refused = client.post("/next-sentence", json={"pairs": ["a", "b"]})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "at most 1" in refused.json()["detail"]
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        engine.release.set()
+        thread.join(30)
+        assert results[0].status_code == 200
+        assert client.post("/next-sentence", json={"pairs": ["a", "b"]}).status_code == 200
+
+
+def test_attention_has_its_own_small_queue() -> None:
+    engine = BlockingEngine(hold=False)
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow_attention(text: str) -> dict:
+        started.set()
+        assert gate.wait(30)
+        return {"tokens": ["[CLS]", "[SEP]"], "attentions": [[[[0.5, 0.5], [0.5, 0.5]]]]}
+
+    engine.attention = slow_attention  # type: ignore[method-assign]
+    settings = Settings(attention_max_queue=1, max_queue=100, request_timeout_s=30, inference_workers=2)
+    with TestClient(create_app(settings, engines=[engine])) as client:
+        results: list = []
+        post = lambda: results.append(client.post("/attention", json={"text": "a b"}))  # noqa: E731
+        threads = [threading.Thread(target=post)]
+        threads[0].start()
+        assert started.wait(10)  # one map being drawn
+        threads.append(threading.Thread(target=post))
+        threads[1].start()
+        depth = 'pocketbert_queue_depth{model="fake",task="attention"}'
+        _wait_for(lambda: _metric(client, depth) == 1, "one attention request queued")
+        refused = client.post("/attention", json={"text": "a b"})
+        assert refused.status_code == 503 and "queue full" in refused.json()["detail"]
+        assert client.post("/classify", json={"inputs": "other tasks still run"}).status_code == 200
+        gate.set()
+        for thread in threads:
+            thread.join(30)
+        assert [r.status_code for r in results] == [200, 200]
 
 
 def test_request_past_its_deadline_is_504() -> None:
     engine = BlockingEngine()
     with TestClient(create_app(Settings(request_timeout_s=0.2), engines=[engine])) as client:
-        wait_ready(client)
         response = client.post("/classify", json={"inputs": "held"})
         engine.release.set()
         assert response.status_code == 504 and "deadline" in response.json()["detail"]
+
+
+def test_engine_failure_is_500_with_an_error_id_and_the_next_request_succeeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = BlockingEngine(hold=False)
+    engine.fail = ValueError("onnxruntime: broken initializer in classifier.onnx")
+    with TestClient(create_app(Settings(), engines=[engine])) as client, caplog.at_level(logging.ERROR):
+        failed = client.post("/classify", json={"inputs": "a secret review"})
+        assert failed.status_code == 500, failed.text  # a ValueError from the server side: not a 422
+        error_id = failed.json()["error_id"]
+        assert failed.json()["detail"] == "internal error" and "inputs" not in failed.text
+        logged = [r.getMessage() for r in caplog.records if error_id in r.getMessage()]
+        assert logged and "ValueError" in logged[0] and "broken initializer" in logged[0]
+        engine.fail = None
+        assert client.post("/classify", json={"inputs": "a secret review"}).status_code == 200
+    assert "a secret review" not in caplog.text
+
+
+def test_logs_hold_request_texts_only_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "my secret diary entry"
+    for setting in (False, True):
+        engine = BlockingEngine(hold=False)
+        engine.fail = RuntimeError(f"cannot classify {secret!r}")
+        caplog.clear()
+        settings = Settings(log_request_texts=setting, log_level="debug")
+        with TestClient(create_app(settings, engines=[engine])) as client, caplog.at_level(logging.DEBUG):
+            assert client.post("/classify", json={"inputs": secret}).status_code == 500
+            assert client.post("/fill-mask", json={"inputs": f"{secret} [MASK]"}).status_code == 200
+        assert (secret in caplog.text) is setting, caplog.text
+        assert "RuntimeError" in caplog.text
 
 
 # --- settings and the CLI ---------------------------------------------------------------------------------
@@ -326,10 +550,13 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("POCKETBERT_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("POCKETBERT_CORS_ORIGINS", "http://localhost:3000,https://example.org")
     monkeypatch.setenv("POCKETBERT_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("POCKETBERT_MAX_BODY_BYTES", "2048")
+    monkeypatch.setenv("POCKETBERT_MAX_CONCURRENT_REQUESTS", "3")
     settings = Settings()
     assert settings.bundles == [Path("bundles/en"), Path("bundles/ko")]
     assert settings.max_batch_size == 8 and settings.log_level == "debug"
     assert settings.cors_origins == ["http://localhost:3000", "https://example.org"]
+    assert settings.max_body_bytes == 2048 and settings.max_concurrent_requests == 3
     monkeypatch.setenv("POCKETBERT_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValidationError, match="max_batch_size"):
         Settings()
@@ -342,10 +569,11 @@ def test_defaults_need_no_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.bundles == [Path("bundles")] and settings.default_model is None
     assert settings.max_batch_size >= 8 and settings.max_queue >= settings.max_batch_size
+    assert settings.max_body_bytes == 1 << 20 and settings.log_request_texts is False
 
 
 def test_cors_origins_are_allowed(tiny_bundle: Path) -> None:
-    settings = Settings(bundles=[tiny_bundle], cors_origins=["https://example.org"])
+    settings = Settings(bundles=[tiny_bundle], cors_origins=["https://example.org"], ort_threads=1)
     with TestClient(create_app(settings)) as client:
         response = client.options(
             "/classify", headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
@@ -357,7 +585,9 @@ def test_cors_origins_are_allowed(tiny_bundle: Path) -> None:
         assert "access-control-allow-origin" not in other.headers
 
 
-def test_serve_command_starts_uvicorn_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_command_starts_uvicorn_with_the_settings(
+    monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path
+) -> None:
     import uvicorn
 
     from training.cli import main
@@ -367,9 +597,74 @@ def test_serve_command_starts_uvicorn_with_the_settings(monkeypatch: pytest.Monk
     # run() writes the options to the environment; setenv first so monkeypatch restores it afterwards
     for key, value in (("BUNDLES", "unset"), ("MAX_BATCH_SIZE", "32"), ("LOG_LEVEL", "info")):
         monkeypatch.setenv(f"POCKETBERT_{key}", value)
-    assert main(["serve", "--bundles", "b/en", "b/ko", "--port", "8123", "--max-batch-size", "4"]) == 0
+    assert main(["serve", "--bundles", str(tiny_bundle), "--port", "8123", "--max-batch-size", "4"]) == 0
     ((args, kwargs),) = calls
-    assert args == ("app.main:create_app",) and kwargs["factory"] is True
+    assert args == ("app.main:factory",) and kwargs["factory"] is True
     assert kwargs["port"] == 8123 and kwargs["host"] == "127.0.0.1" and kwargs["workers"] == 1
-    settings = Settings()  # what each uvicorn worker's create_app will read
-    assert settings.bundles == [Path("b/en"), Path("b/ko")] and settings.max_batch_size == 4
+    settings = Settings()  # what each uvicorn worker's factory will read
+    assert settings.bundles == [tiny_bundle] and settings.max_batch_size == 4
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_serve_refuses_a_path_without_bundles_in_one_line(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import uvicorn
+
+    from app.serve import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn must not start"))
+    monkeypatch.delenv("POCKETBERT_BUNDLES", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if how == "flag":
+        assert main(["--bundles", str(empty)]) == 2
+        assert main(["--bundles", str(tmp_path / "absent")]) == 2
+        named = "--bundles"
+    else:
+        monkeypatch.setenv("POCKETBERT_BUNDLES", str(empty))
+        assert main([]) == 2
+        named = "POCKETBERT_BUNDLES"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == (
+        f"pocketbert serve: {named}: no bundle in {empty} (a bundle is a folder holding bundle.json, or a "
+        "folder of them); make one with `pocketbert export` (see README)"
+    )
+    if how == "flag":
+        assert lines[1] == f"pocketbert serve: --bundles: no such folder {tmp_path / 'absent'}"
+    assert all("POCKETBERT_BUNDLES" not in line for line in lines) or how == "environment"
+
+
+def test_tokenizer_checks_run_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The [MASK] and token-count checks tokenize: they run in the cpu worker threads, never on the event
+    loop's thread, so /healthz and other requests are answered meanwhile."""
+    from app.registry import ServedModel
+
+    threads: list[str] = []
+    for name in ("check_masks", "check_texts", "check_pairs"):
+        original = getattr(ServedModel, name)
+
+        def record(self, *args, _original=original, **kwargs):
+            threads.append(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ServedModel, name, record)
+    assert client.post("/fill-mask", json={"inputs": "a [MASK]."}).status_code == 200
+    assert client.post("/classify", json={"inputs": "a"}).status_code == 200
+    assert client.post("/next-sentence", json={"pairs": ["a", "b"]}).status_code == 200
+    assert len(threads) == 3 and all(name.startswith("cpu") for name in threads), threads
+
+
+def test_a_fault_outside_the_engine_is_500_with_an_error_id(caplog: pytest.LogCaptureFixture) -> None:
+    """A model that answers NaN (a damaged graph) cannot be rendered as JSON: the last-resort handler
+    turns that into a 500 with an error id in the log, and the service goes on."""
+    engine = BlockingEngine(hold=False)
+    healthy = engine.classify
+    nan = [{"label": "positive", "score": float("nan")}]
+    engine.classify = lambda texts, top_k=None: [nan for _ in texts]
+    with TestClient(create_app(Settings(), engines=[engine])) as client, caplog.at_level(logging.ERROR):
+        response = client.post("/classify", json={"inputs": "fine"})
+        assert response.status_code == 500 and response.json()["detail"] == "internal error"
+        assert any(response.json()["error_id"] in r.getMessage() for r in caplog.records)
+        engine.classify = healthy
+        assert client.post("/classify", json={"inputs": "fine"}).status_code == 200

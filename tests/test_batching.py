@@ -234,7 +234,7 @@ def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:
             await batcher.close()
             pool.shutdown()
 
-    fill = asyncio.run(batched("fill-mask", [(t, 3) for t in texts]))
+    fill = asyncio.run(batched("fill-mask", [(t, 3, True) for t in texts]))
     for text, got in zip(texts, fill, strict=True):
         (alone,) = engine.fill_mask([text], top_k=3)
         assert [[p["token"] for p in m] for m in got] == [[p["token"] for p in m] for m in alone]

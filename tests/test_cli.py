@@ -1,24 +1,46 @@
-"""The command line: instant help, no torch for help or the tokenizer, every option explained."""
+"""The command line: instant help without torch, every option explained, every command importable, and
+import errors that say what is wrong."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
-from training.cli import COMMANDS, build_parser
+import pytest
+
+import training.cli as cli
+from training.cli import COMMANDS, build_parser, main
+
+HELP_WITHOUT_TORCH = """
+import contextlib, io, sys
+from training.cli import main
+for argv in [["--help"]] + [[name, "--help"] for name in sys.argv[1:]]:
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert exc.code == 0, (argv, exc.code)
+    assert "usage: pocketbert" in out.getvalue(), argv
+    assert "torch" not in sys.modules, f"pocketbert {' '.join(argv)} imported torch"
+print("ok")
+"""
 
 
-def test_top_level_help_lists_every_command_without_importing_torch() -> None:
-    code = (
-        "import sys\n"
-        "from training.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'pocketbert --help imported torch'\n"
+def test_help_of_every_command_is_torch_free() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_TORCH, *COMMANDS], capture_output=True, text=True, timeout=120
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
     for name in COMMANDS:
-        assert name in result.stdout
+        assert name in out
 
 
 def test_importing_the_tokenizer_does_not_import_torch() -> None:
@@ -26,13 +48,15 @@ def test_importing_the_tokenizer_does_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-def test_every_available_option_has_help() -> None:
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_imports_and_runs_from_its_module(name: str) -> None:
+    """A command whose module does not import fails here (no SystemExit is swallowed)."""
+    assert callable(importlib.import_module(COMMANDS[name].module).run)
+
+
+def test_every_option_has_help() -> None:
     for name in COMMANDS:
-        try:
-            parser = build_parser(name)
-        except SystemExit:  # a command whose module is not written yet
-            continue
-        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        sub = next(a for a in build_parser(name)._actions if a.dest == "command").choices[name]
         parsers = [sub] + [
             p for action in sub._actions if action.dest == "action" for p in action.choices.values()
         ]
@@ -40,3 +64,30 @@ def test_every_available_option_has_help() -> None:
             for action in p._actions:
                 if action.dest != "help" and action.option_strings:
                     assert action.help, f"pocketbert {name}: option {action.option_strings} has no help"
+
+
+def missing(module_name: str):
+    def import_module(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named '{module_name}'", name=module_name)
+
+    return import_module
+
+
+def test_a_missing_dependency_names_the_extra_that_installs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.importlib, "import_module", missing("onnxruntime"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["export-hf", "model.pt", "out"])
+    assert str(exit_.value) == (
+        "pocketbert export-hf: missing dependency 'onnxruntime'; "
+        "install it with: pip install 'pocketbert[train]'"
+    )
+
+
+@pytest.mark.parametrize("module_name", ["training.gone", "model", "app.settings"])
+def test_a_broken_import_inside_the_project_is_not_hidden(
+    monkeypatch: pytest.MonkeyPatch, module_name: str
+) -> None:
+    monkeypatch.setattr(cli.importlib, "import_module", missing(module_name))
+    with pytest.raises(ModuleNotFoundError) as error:
+        main(["plot", "run"])
+    assert error.value.name == module_name

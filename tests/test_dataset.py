@@ -1,7 +1,9 @@
-"""PretrainingDataset over `prepare` output: lazy opening, item contents, collate, DataLoader workers."""
+"""PretrainingDataset over `prepare` output: lazy opening, item contents, collate, DataLoader workers,
+and the one error type of the prepared-data format."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -9,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from model.bert import IGNORE_INDEX
 from model.tokenizer import NUM_SPECIAL, PAD_ID
+from training.data_format import FORMAT_VERSION, read_index, read_shared_index
 from training.dataset import PretrainingDataset, collate
-from training.masking import IGNORE_INDEX, MLMCollator
+from training.errors import CLIError
+from training.masking import mask_tokens
 from training.prepare import prepare
 
 
@@ -78,30 +83,27 @@ def test_collate_trims_to_the_longest_member(data_dir) -> None:
     assert (batch["attention_mask"].sum(dim=1) == torch.tensor(lengths[short].astype(np.int64))).all()
 
 
-def test_dataloader_workers_with_mlm_collator(data_dir, tiny_tokenizer) -> None:
+def test_dataloader_workers_then_the_trainers_masking(data_dir, tiny_tokenizer) -> None:
+    """Items travel through DataLoader workers; the main process masks each batch, as the trainer does."""
     dataset = PretrainingDataset(data_dir)
-    collator = MLMCollator.from_tokenizer(tiny_tokenizer)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=32,
         shuffle=True,
         num_workers=2,
-        collate_fn=collator,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(0),
     )
     seen = 0
-    for batch in loader:
-        assert set(batch) == {
-            "input_ids",
-            "token_type_ids",
-            "attention_mask",
-            "next_sentence_label",
-            "labels",
-        }
-        chosen = batch["labels"] != IGNORE_INDEX
-        assert (batch["labels"][chosen] >= NUM_SPECIAL).all()
-        assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
-        assert (batch["input_ids"][batch["attention_mask"] == 0] == PAD_ID).all()
+    for step, batch in enumerate(loader):
+        assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "next_sentence_label"}
+        masked, labels = mask_tokens(
+            batch["input_ids"], tiny_tokenizer.vocab_size, generator=torch.Generator().manual_seed(step)
+        )
+        chosen = labels != IGNORE_INDEX
+        assert chosen.any() and (labels[chosen] >= NUM_SPECIAL).all()
+        assert (labels[batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+        assert (masked[batch["attention_mask"] == 0] == PAD_ID).all()
         seen += len(batch["input_ids"])
     assert seen == len(dataset)
 
@@ -109,9 +111,42 @@ def test_dataloader_workers_with_mlm_collator(data_dir, tiny_tokenizer) -> None:
 def test_tokenizer_check_and_missing_data(data_dir, tiny_tokenizer, tmp_path) -> None:
     dataset = PretrainingDataset(data_dir)
     dataset.check_tokenizer(tiny_tokenizer.checksum)
-    with pytest.raises(ValueError, match="pocketbert prepare"):
+    with pytest.raises(CLIError, match="pocketbert prepare"):
         dataset.check_tokenizer("0" * 64)
-    with pytest.raises(FileNotFoundError, match="index.json"):
+    with pytest.raises(CLIError, match="index.json: not found"):
         PretrainingDataset(tmp_path)
-    with pytest.raises(ValueError, match="no split 'test'"):
+    with pytest.raises(CLIError, match="no split 'test'"):
         PretrainingDataset(data_dir, split="test")
+
+
+def write_index(folder: Path, index: dict) -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / "index.json").write_text(json.dumps(index), encoding="utf-8")
+    return folder
+
+
+def test_every_bad_index_is_a_one_line_cli_error(data_dir, tmp_path) -> None:
+    good = read_index(data_dir)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.json").write_text('{"format": 1,', encoding="utf-8")
+    cases = {
+        broken: "index.json:1: not valid JSON",
+        write_index(tmp_path / "newer", {**good, "format": FORMAT_VERSION + 1}): "data format 2",
+        write_index(
+            tmp_path / "partial", {k: v for k, v in good.items() if k != "splits"}
+        ): "missing 'splits'",
+    }
+    for folder, message in cases.items():
+        with pytest.raises(CLIError, match=message):
+            read_index(folder)
+        with pytest.raises(CLIError, match=message):
+            PretrainingDataset(folder)
+
+
+def test_folders_read_together_must_share_tokenizer_and_length(data_dir, tmp_path) -> None:
+    good = read_index(data_dir)
+    assert read_shared_index([data_dir, data_dir]) == good == read_shared_index(data_dir)
+    other = write_index(tmp_path / "other", {**good, "max_length": good["max_length"] * 2})
+    with pytest.raises(CLIError, match="max_length 128 differs"):
+        read_shared_index([data_dir, other])

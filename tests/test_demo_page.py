@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = [
     "--headless",
+    # no network but loopback: any host other than 127.0.0.1 fails to resolve (offline, as air-gapped)
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -59,6 +61,7 @@ class DevTools:
 
         self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.ids = itertools.count(1)
+        self.events: list[dict] = []  # events received while waiting for answers (e.g. Network.*)
 
     def send(self, method: str, **params: Any) -> dict:
         message_id = next(self.ids)
@@ -69,6 +72,8 @@ class DevTools:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
         raise RuntimeError(f"{method}: no answer")
 
     def eval(self, expression: str) -> Any:
@@ -153,6 +158,12 @@ def test_demo_page_runs_every_task_and_draws_attention(tiny_bundle: Path, tmp_pa
         assert page.eval("document.getElementById('model').value") == "tiny"
         assert "1 layers" in page.eval("document.getElementById('model-info').textContent")
 
+        # the example buttons fill the form in either language
+        page.click(".examples[data-task='fill-mask'] button[data-language='ko']")
+        assert page.eval("document.getElementById('fill-mask-text').value") == "대한민국의 수도는 [MASK]이다."
+        page.click(".examples[data-task='nsp'] button[data-language='en']")
+        assert page.eval("document.getElementById('nsp-second').value") == "I bought some milk."
+
         # fill-mask: top_k 3 -> three predictions, each with its filled-in sequence
         page.type_into("#fill-mask-text", "the cat [MASK] the park.")
         page.type_into("#fill-mask-topk", "3")
@@ -211,3 +222,52 @@ def test_demo_page_runs_every_task_and_draws_attention(tiny_bundle: Path, tmp_pa
         path.write_bytes(base64.b64decode(shot["data"]))
         print(f"\nscreenshot: {path}")
         assert path.stat().st_size > 10_000
+
+
+def test_demo_page_picks_a_model_or_routes_by_language(ko_en_bundles: Path, tmp_path: Path) -> None:
+    with uvicorn_server(ko_en_bundles) as url, chromium(tmp_path) as page:
+        page.send("Page.navigate", url=url + "/")
+        page.wait_for("document.body && document.body.dataset.ready === 'true'")
+        options = page.eval("[...document.querySelectorAll('#model option')].map(o => o.textContent)")
+        assert options == ["auto (by language)", "en (English)", "ko (Korean)"]
+        assert page.eval("document.getElementById('model').value") == ""
+
+        def classify_answered_by() -> str:
+            page.click("#classify-run")
+            page.wait_for("document.getElementById('classify-result').dataset.state === 'done'")
+            text = page.eval("document.querySelector('#classify-result .answered').textContent")
+            page.eval("document.getElementById('classify-result').dataset.state = ''")
+            return text
+
+        page.click(".examples[data-task='classify'] button[data-language='ko']")
+        assert classify_answered_by() == "answered by ko"  # auto: Hangul goes to the Korean model
+        page.click(".examples[data-task='classify'] button[data-language='en']")
+        assert classify_answered_by() == "answered by en"
+        page.eval(
+            "const s = document.getElementById('model'); s.value = 'ko'; s.dispatchEvent(new Event('change'))"
+        )
+        assert "Korean" in page.eval("document.getElementById('model-info').textContent")
+        assert classify_answered_by() == "answered by ko"  # picked: the English text goes to ko
+
+
+def test_api_docs_render_offline(tiny_bundle: Path, tmp_path: Path) -> None:
+    """/docs (Swagger UI) and /redoc show the operations with no network: every asset comes from the app."""
+    with uvicorn_server(tiny_bundle) as url, chromium(tmp_path) as page:
+        page.send("Network.enable")
+        page.send("Page.navigate", url=url + "/docs")
+        page.wait_for("document.querySelectorAll('.opblock').length >= 8", limit=600)
+        paths = page.eval("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+        assert {"/fill-mask", "/next-sentence", "/classify", "/attention", "/v1/models"} <= set(paths)
+
+        page.send("Page.navigate", url=url + "/redoc")
+        page.wait_for(
+            "document.querySelectorAll('[data-section-id^=\\'operation/\\']').length >= 8", limit=600
+        )
+        assert "Predict the token behind each [MASK]" in page.eval("document.body.innerText")
+        requested = {
+            event["params"]["request"]["url"]
+            for event in page.events
+            if event["method"] == "Network.requestWillBeSent"
+        }
+        elsewhere = {u for u in requested if not u.startswith((url, "data:", f"blob:{url}"))}
+        assert f"{url}/docs-assets/swagger-ui-bundle.js" in requested and not elsewhere, elsewhere

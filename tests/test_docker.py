@@ -42,9 +42,7 @@ def test_dockerfile_promises() -> None:
         "the runtime stage must switch to a non-root user"
     )
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", runtime, re.M)
-    assert re.search(
-        r'^CMD \["uvicorn", "app\.main:create_app", "--factory".*"--port", "8000"', runtime, re.M
-    )
+    assert re.search(r'^CMD \["uvicorn", "app\.main:factory", "--factory".*"--port", "8000"', runtime, re.M)
     assert "EXPOSE 8000" in runtime
     assert '"pocketbert[serve]"' in text and "/src[serve]" in text  # the serve extra only, never [train]
     assert "train" not in re.sub(r"COPY .*|#.*", "", text)
@@ -79,6 +77,9 @@ def test_smoke_script_parses_and_cleans_up() -> None:
     text = SMOKE.read_text()
     assert "trap cleanup EXIT" in text and "docker rm -f" in text and "debootstrap" in text
     assert "--network none" in text  # the image builds from host-made wheels, offline
+    run = next(line for line in text.splitlines() if line.startswith('docker run -d --name "$CONTAINER"'))
+    assert "--read-only" in run and "--tmpfs /tmp" in run  # the service needs no writable root
+    assert "ReadonlyRootfs" in text and "/app/probe" in text
 
 
 @pytest.mark.docker

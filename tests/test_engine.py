@@ -139,3 +139,15 @@ def test_attention_maps_match_torch(engine: Engine, torch_models) -> None:
 def test_app_modules_never_import_torch() -> None:
     code = "import sys, model.engine, model.bundle; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_fill_mask_can_leave_out_the_sequence(engine: Engine) -> None:
+    full = engine.fill_mask([SHORT], top_k=3)[0][0]
+    lean = engine.fill_mask([SHORT], top_k=3, with_sequence=False)[0][0]
+    assert [p["token"] for p in lean] == [p["token"] for p in full]
+    assert all(set(p) == {"score", "token", "token_str"} for p in lean)
+
+
+def test_the_tasks_follow_the_graphs_a_bundle_lists(engine: Engine, pretraining_only_bundle: Path) -> None:
+    assert engine.tasks == ["fill-mask", "next-sentence", "classify", "attention"]
+    assert Engine.load(pretraining_only_bundle).tasks == ["fill-mask", "next-sentence"]

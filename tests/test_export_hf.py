@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import stat
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,13 @@ def test_folder_contents(hf_dirs, tiny_checkpoints) -> None:
     assert "attn_implementation" not in config
     with safe_open(str(mlm / "model.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(load_model(tiny_checkpoints.pretrained)[0].state_dict())
+
+
+def test_folder_is_readable_by_other_users(hf_dirs) -> None:
+    """A server or a container reading the folder usually runs as another user than the exporter."""
+    for folder in hf_dirs:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
 
 
 def test_hf_tokenizer_equals_ours(hf_dirs, tiny_tokenizer, tiny_corpus: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.bert import IGNORE_INDEX
 from model.tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, WORD_BOUNDARY
-from training.masking import IGNORE_INDEX, MLMCollator, mask_tokens, word_start_table
+from training.dataset import collate
+from training.masking import mask_tokens, word_start_table
 
 VOCAB = 8000
 
@@ -129,9 +131,15 @@ def test_word_start_table_marks_pieces_that_begin_with_the_boundary(tiny_tokeniz
     assert 0 < table.sum() < tiny_tokenizer.vocab_size
 
 
-def test_collator_masks_a_collated_batch(tiny_tokenizer) -> None:
+def test_whole_words_of_a_real_tokenizer_are_masked_together(tiny_tokenizer) -> None:
+    """The trainer's path: collate padded items, look the ids up in word_start_table, mask_tokens."""
+    texts = [
+        "the cat sees the park.",
+        "고양이가 정말 좋아한다.",
+        "my friend remembers the frozen lake.",
+    ] * 200
     items = []
-    for text in ["the cat sees the park.", "고양이가 정말 좋아한다."]:
+    for text in texts:
         enc = tiny_tokenizer.build_inputs(tiny_tokenizer.encode_ids(text), max_length=32)
         n = len(enc.input_ids)
         items.append(
@@ -142,12 +150,16 @@ def test_collator_masks_a_collated_batch(tiny_tokenizer) -> None:
                 "next_sentence_label": torch.tensor(0),
             }
         )
-    collator = MLMCollator.from_tokenizer(
-        tiny_tokenizer, whole_word=True, mlm_probability=0.5, generator=torch.Generator().manual_seed(0)
+    batch = collate(items)
+    ids = batch["input_ids"]  # (B, T), T = the longest text
+    word_starts = word_start_table(tiny_tokenizer)[ids]  # (B, T)
+    masked, labels = mask_tokens(
+        ids, tiny_tokenizer.vocab_size, torch.Generator().manual_seed(0), 0.5, word_starts
     )
-    batch = collator(items)
-    longest = max(int(item["attention_mask"].sum()) for item in items)
-    assert batch["input_ids"].shape == batch["labels"].shape == (2, longest)
-    assert batch["next_sentence_label"].shape == (2,)
-    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
-    assert (batch["labels"] != IGNORE_INDEX).any()
+    chosen = labels != IGNORE_INDEX
+    assert 0.3 < chosen.sum().item() / (ids >= NUM_SPECIAL).sum().item() < 0.7
+    assert not chosen[batch["attention_mask"] == 0].any() and not chosen[ids < NUM_SPECIAL].any()
+    continues = (ids[:, 1:] >= NUM_SPECIAL) & ~word_starts[:, 1:] & (ids[:, :-1] >= NUM_SPECIAL)
+    assert continues.any()  # the tiny vocabulary splits some words into several pieces
+    assert torch.equal(chosen[:, 1:][continues], chosen[:, :-1][continues])
+    assert torch.equal(masked[~chosen], ids[~chosen])

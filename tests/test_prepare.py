@@ -6,15 +6,18 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import training.prepare as prep
-from model.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID
+from model.tokenizer import CLS_ID, IS_NEXT, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID
 from training.cli import main as cli_main
-from training.prepare import InstanceConfig, create_instances, iter_chunks, prepare, split_sentences
+from training.corpus import split_sentences
+from training.instances import InstanceConfig, create_instances
+from training.prepare import iter_chunks, prepare
 
 # --- instance construction on synthetic documents ----------------------------------------------------
 # Every token id is unique (its position in the flat array, plus NUM_SPECIAL), so a token tells which
@@ -64,7 +67,7 @@ def test_is_next_b_continues_a_and_not_next_b_comes_from_another_document(synthe
     for a, b, label in pairs["train"] + pairs["valid"]:
         assert len(a) >= 1 and len(b) >= 1
         assert np.all(np.diff(a) == 1) and np.all(np.diff(b) == 1)  # consecutive text of one document
-        if label == prep.IS_NEXT:
+        if label == IS_NEXT:
             assert b[0] == a[-1] + 1  # B starts where A ends: truncation kept the words at the boundary
         else:
             assert _doc(a[0], doc_of_token) != _doc(b[0], doc_of_token)
@@ -84,7 +87,7 @@ def test_truncation_takes_the_front_of_a_and_the_end_of_b() -> None:
     flat = np.arange(90) + NUM_SPECIAL
     config = InstanceConfig("unused", max_length=43, dupe_factor=50, short_seq_prob=0.0)
     pairs = create_instances(doc_spans, [False, False], flat, config, random.Random(0))["train"]
-    boundary = [(a, b) for a, b, label in pairs if label == prep.IS_NEXT and b[0] == 30 + NUM_SPECIAL]
+    boundary = [(a, b) for a, b, label in pairs if label == IS_NEXT and b[0] == 30 + NUM_SPECIAL]
     assert len(boundary) > 5
     for a, b in boundary:
         assert len(a) == 20 and len(b) == 20  # 40 = max_length - 3, taken evenly from the two sides
@@ -108,7 +111,7 @@ def test_single_sentence_documents_still_give_half_is_next() -> None:
     pairs = create_instances(doc_spans, [False] * 500, flat, config, random.Random(0))["train"]
     assert abs(sum(label for *_, label in pairs) / len(pairs) - 0.5) <= 0.02
     for a, b, label in pairs:
-        if label == prep.IS_NEXT:
+        if label == IS_NEXT:
             assert b[0] == a[-1] + 1
 
 
@@ -166,6 +169,8 @@ def test_index_records_counts_tokenizer_and_arguments(prepared, tiny_tokenizer) 
     assert splits["train"]["documents"] + splits["valid"]["documents"] == 120  # the generated corpus
     assert splits["valid"]["documents"] >= 3 and splits["valid"]["instances"] > 0
     assert not list(out.parent.glob(".*tmp*"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # published readable by everyone
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
 
 
 def test_rows_are_cls_a_sep_b_sep_then_padding(prepared) -> None:

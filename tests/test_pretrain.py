@@ -142,6 +142,35 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     assert final["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
 
 
+def test_resume_drops_a_row_cut_short_by_a_kill(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run killed while writing metrics.jsonl leaves half a row last; --resume drops it with a warning."""
+    out = tmp_path / "run"
+    options = ["--steps", "4", "--log-every", "1", "--eval-every", "100"]
+    assert main(pretrain_args(prepared, out, *options, "--stop-at", "2")) == 0
+    metrics = out / "metrics.jsonl"
+    complete = metrics.read_text()
+    metrics.write_text(complete + '{"step": 3, "split": "tr')
+    capsys.readouterr()
+    assert main(pretrain_args(prepared, out, *options, "--resume")) == 0
+    assert "metrics.jsonl:4: dropped a truncated last line" in capsys.readouterr().err
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in rows] == [
+        (0, "valid"),
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+        (4, "train"),
+        (4, "valid"),
+    ]
+    # a bad row that is not the last one is not a kill's doing: a one-line error, not a traceback
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    assert main(pretrain_args(prepared, out, *options, "--resume")) == 2
+    assert "metrics.jsonl:2: not a JSON object" in capsys.readouterr().err
+
+
 def test_resume_with_a_new_schedule_takes_effect(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

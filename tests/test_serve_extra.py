@@ -1,4 +1,5 @@
-"""The `serve` extra alone runs the engine: a fresh venv, `pip install pocketbert[serve]`, no torch.
+"""The `serve` extra alone runs the engine and the web app: a fresh venv, `pip install pocketbert[serve]`,
+no torch.
 
 Slow (it downloads onnxruntime, numpy, fastapi, ...). Skips only when pip cannot reach a package index.
 The project is copied to a temporary folder first so pip's build leaves nothing in the repository.
@@ -30,9 +31,13 @@ out = {
     "classify": engine.classify(["the cat sees the park."]),
     "next_sentence": engine.next_sentence([("the cat sees the park.", "a dog likes a book.")]),
     "attention_tokens": engine.attention("the cat sees the park.")["tokens"],
-    "torch_loaded": "torch" in sys.modules,
     "engine_file": sys.modules["model.engine"].__file__,
 }
+from app.main import create_app  # the whole web app, its offline docs assets included
+from app.settings import Settings
+app = create_app(Settings(bundles=[sys.argv[1]], ort_threads=1))
+out["routes"] = sorted(getattr(route, "path", "") for route in app.routes)
+out["torch_loaded"] = "torch" in sys.modules
 print(json.dumps(out))
 """
 
@@ -88,4 +93,5 @@ def test_engine_runs_with_only_the_serve_extra(tmp_path: Path, tiny_bundle: Path
         reference.next_sentence([("the cat sees the park.", "a dog likes a book.")])[0]["score"], abs=1e-5
     )
     assert out["attention_tokens"][0] == "[CLS]"
+    assert {"/fill-mask", "/docs", "/redoc", "/docs-assets", "/v1/models"} <= set(out["routes"])
     assert sys.prefix != str(env_dir)

@@ -1,6 +1,6 @@
 """Real uvicorn on a free loopback port: concurrent requests form batches and every answer is right.
 
-The server runs as a subprocess, exactly as deployed (`uvicorn app.main:create_app --factory`, settings
+The server runs as a subprocess, exactly as deployed (`uvicorn app.main:factory --factory`, settings
 from the environment). Batches are read back from /metrics; answers are checked against the engine
 called directly in the test process.
 """
@@ -53,7 +53,7 @@ def uvicorn_server(bundle: Path, **env: str) -> Iterator[str]:
             sys.executable,
             "-m",
             "uvicorn",
-            "app.main:create_app",
+            "app.main:factory",
             "--factory",
             "--host",
             "127.0.0.1",
@@ -210,4 +210,36 @@ def test_client_that_disconnects_costs_no_batch_slot(tiny_bundle: Path) -> None:
             == 1
         )
         # and the server still answers
+        assert httpx.post(f"{url}/classify", json={"inputs": "fine"}, timeout=30).status_code == 200
+
+
+def raw_request(port: int, head: bytes, body_parts: list[bytes]) -> tuple[int, bytes]:
+    """Send a hand-made HTTP/1.1 request (head, then body parts as they are) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):  # the server answered and closed early
+                break
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer) < answer.index(b"\r\n\r\n") + 20:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+def test_body_limits_hold_over_real_http(tiny_bundle: Path) -> None:
+    """413 for a chunked body past the limit (no Content-Length to go by), 408 for a client that stops
+    sending, and the server answers normally afterwards."""
+    with uvicorn_server(tiny_bundle, max_body_bytes="2048", body_timeout_s="0.5") as url:
+        port = int(url.rsplit(":", 1)[1])
+        head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        chunks = [b"3e8\r\n" + b" " * 1000 + b"\r\n"] * 5 + [b"0\r\n\r\n"]
+        status, answer = raw_request(port, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+        assert status == 413 and b"the limit is 2048 bytes" in answer
+        status, answer = raw_request(port, head + b"Content-Length: 100\r\n\r\n", [b'{"inputs": '])
+        assert status == 408 and b"did not arrive within 0.5 s" in answer
         assert httpx.post(f"{url}/classify", json={"inputs": "fine"}, timeout=30).status_code == 200

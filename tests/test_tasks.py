@@ -88,6 +88,15 @@ def test_tsv_and_jsonl(tmp_path: Path) -> None:
         read_table(bad)
 
 
+def test_a_stray_quote_in_a_tsv_swallows_no_rows(tmp_path: Path) -> None:
+    """TSV is read with quoting off, as `prepare` reads it: a quote is part of the text."""
+    tsv = write(tmp_path / "train.tsv", 'text\tlabel\n"what a film\tpos\nboring\tneg\nsay "wow"\tpos\n')
+    data = read_table(tsv)
+    assert data.texts == ['"what a film', "boring", 'say "wow"'] and data.labels == [1, 0, 1]
+    csv_file = write(tmp_path / "train.csv", 'text,label\n"a, b ""c""",pos\nd,neg\n')
+    assert read_table(csv_file).texts == ['a, b "c"', "d"]  # CSV keeps RFC 4180 quoting
+
+
 def test_generic_errors(tmp_path: Path) -> None:
     with pytest.raises(CLIError, match="no column 'text'"):
         read_table(write(tmp_path / "a.csv", "sentence,label\nx,1\n"))

@@ -1,7 +1,8 @@
-"""Training state for `--resume`: everything needed to continue a run as if it had never stopped.
+"""checkpoint.pt, the training state for `--resume`: everything needed to continue a run as if it had
+never stopped.
 
-This is not the model checkpoint that export reads (that is `model.checkpoint.save_model`, written
-beside it): it also holds the optimiser moments, the schedule position, the RNG states and the data
+It is not model.pt, the export format (MODEL_FILENAME, written beside it by `model.checkpoint.save_model`):
+besides the weights it holds the optimiser moments, the schedule position, the RNG states and the data
 position, so it is about three times larger and only meaningful to the trainer that wrote it.
 """
 
@@ -15,13 +16,13 @@ import torch
 from model.checkpoint import atomic_torch_save
 from training.errors import CLIError
 
-STATE_FILENAME = "checkpoint.pt"
-STATE_FORMAT = 1
+TRAINING_STATE_FILENAME = "checkpoint.pt"
+TRAINING_STATE_FORMAT = 1
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write atomically (temporary file, then rename): an interrupted save leaves the previous one intact."""
-    atomic_torch_save({"format": STATE_FORMAT, **state}, path)
+    atomic_torch_save({"format": TRAINING_STATE_FORMAT, **state}, path)
 
 
 def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -37,6 +38,6 @@ def load_training_state(path: str | Path, map_location: str | torch.device = "cp
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # a truncated or foreign file: say which, not a pickle traceback
         raise CLIError(f"{path}: not a readable training checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "model" not in state:
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT or "model" not in state:
         raise CLIError(f"{path}: not a pocketbert training checkpoint")
     return state

@@ -1,9 +1,8 @@
 """The `pocketbert` command line.
 
-Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`
-and keeps heavy imports (torch, onnxruntime) inside its functions. Only the module of the command
-being run is imported, so `pocketbert --help` is instant and `pocketbert serve` works where only the
-`serve` extra is installed.
+Options are described by training/arguments.py, which imports nothing heavy, so `pocketbert --help` and
+`pocketbert CMD --help` are instant. The module of a command (which imports torch, onnxruntime... at its
+top) is imported only to run it, so `pocketbert serve` works where only the `serve` extra is installed.
 """
 
 from __future__ import annotations
@@ -11,54 +10,102 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
 
-# name -> (module, one-line help, extra that provides its dependencies)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "tokenizer": ("training.tokenizer_train", "train a SentencePiece tokenizer", "train"),
-    "prepare": ("training.prepare", "turn a corpus into next-sentence pairs in np.memmap files", "train"),
-    "pretrain": ("training.pretrain", "pretrain a BERT with masked-LM and next-sentence prediction", "train"),
-    "finetune": ("training.finetune", "fine-tune for sentence classification over several seeds", "train"),
-    "plot": ("training.plot", "redraw the metrics plot of a run folder", "train"),
-    "export": ("training.export", "export checkpoints to an ONNX model bundle", "train"),
-    "export-hf": ("training.export_hf", "export a checkpoint as a Hugging Face transformers folder", "train"),
-    "serve": ("app.serve", "serve model bundles over HTTP", "serve"),
+from model.tokenizer import TokenizerError
+from training import arguments
+from training.errors import CLIError
+
+PROJECT_PACKAGES = {"app", "model", "training"}  # a missing module of these is a bug, not a missing extra
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # provides run(args) -> int
+    help: str
+    extra: str  # the pip extra that installs its dependencies
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # None: the module's own
+
+
+COMMANDS: dict[str, Command] = {
+    "tokenizer": Command(
+        "training.tokenizer_train", "train a SentencePiece tokenizer", "train", arguments.tokenizer_arguments
+    ),
+    "prepare": Command(
+        "training.prepare",
+        "turn a corpus into next-sentence pairs in np.memmap files",
+        "train",
+        arguments.prepare_arguments,
+    ),
+    "pretrain": Command(
+        "training.pretrain",
+        "pretrain a BERT with masked-LM and next-sentence prediction",
+        "train",
+        arguments.pretrain_arguments,
+    ),
+    "finetune": Command(
+        "training.finetune",
+        "fine-tune for sentence classification over several seeds",
+        "train",
+        arguments.finetune_arguments,
+    ),
+    "plot": Command(
+        "training.plot", "redraw the metrics plot of a run folder", "train", arguments.plot_arguments
+    ),
+    "export": Command(
+        "training.export", "export checkpoints to an ONNX model bundle", "train", arguments.export_arguments
+    ),
+    "export-hf": Command(
+        "training.export_hf",
+        "export a checkpoint as a Hugging Face transformers folder",
+        "train",
+        arguments.export_hf_arguments,
+    ),
+    "recipe": Command(
+        "training.recipe",
+        "run a recipe: raw text to a served bundle with its model card",
+        "train",
+        arguments.recipe_arguments,
+    ),
+    # serve describes its own options (its module is light too).
+    "serve": Command("app.serve", "serve model bundles over HTTP", "serve"),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `command`'s module is imported to describe its options."""
+    """The parser; only `command`'s options are described (a module's own, the only import this needs)."""
     parser = argparse.ArgumentParser(
         prog="pocketbert",
         description="Pretrain a small BERT, fine-tune it, export it to ONNX and serve it.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text, _) in COMMANDS.items():
+    for name, spec in COMMANDS.items():
         command_parser = sub.add_parser(
-            name, help=help_text, description=help_text[:1].upper() + help_text[1:] + "."
+            name, help=spec.help, description=spec.help[:1].upper() + spec.help[1:] + "."
         )
         if name == command:
-            _load(name).add_arguments(command_parser)
+            add_arguments = spec.add_arguments or _load(name).add_arguments
+            add_arguments(command_parser)
     return parser
 
 
-def _load(name: str):
-    module_name, _, extra = COMMANDS[name]
+def _load(name: str) -> ModuleType:
+    """Import a command's module; a missing third-party dependency names the extra that installs it."""
+    spec = COMMANDS[name]
     try:
-        return importlib.import_module(module_name)
+        return importlib.import_module(spec.module)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in {"app", "model", "training"}:
-            raise SystemExit(f"pocketbert {name}: this command is not available in this version") from exc
+        if exc.name is None or exc.name.split(".")[0] in PROJECT_PACKAGES:
+            raise  # a broken import inside this project: the traceback says where
         raise SystemExit(
             f"pocketbert {name}: missing dependency '{exc.name}'; "
-            f"install it with: pip install 'pocketbert[{extra}]'"
+            f"install it with: pip install 'pocketbert[{spec.extra}]'"
         ) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.tokenizer import TokenizerError
-    from training.errors import CLIError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)

@@ -1,4 +1,4 @@
-"""A torch Dataset over the memmap files written by `pocketbert prepare` (layout: training/prepare.py).
+"""A torch Dataset over a prepared-data folder (layout: training/data_format.py).
 
 The files are opened on the first `__getitem__`, not in `__init__`: a DataLoader pickles the dataset into
 each worker process, and an open memmap should not travel that way. Each process maps the files itself;
@@ -7,7 +7,6 @@ the operating system's page cache shares the pages between them, so N workers do
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +14,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training.prepare import ARRAYS, FORMAT_VERSION
-
-
-def read_index(data_dir: str | Path) -> dict[str, Any]:
-    """The parsed index.json of a prepare output folder, with a clear error for anything else."""
-    path = Path(data_dir) / "index.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; create the data with `pocketbert prepare`")
-    index = json.loads(path.read_text(encoding="utf-8"))
-    if index.get("format") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: data format {index.get('format')!r}, this version reads {FORMAT_VERSION}; "
-            "run `pocketbert prepare` again"
-        )
-    return index
+from training.data_format import ARRAYS, read_index
+from training.errors import CLIError
 
 
 class PretrainingDataset(Dataset):
     """Instances of one split. Each item is a dict of int64 tensors, padded to max_length:
 
     input_ids, token_type_ids, attention_mask: (max_length,)   [CLS] A [SEP] B [SEP] [PAD]...
-    next_sentence_label: ()                                     0 = IsNext, 1 = NotNext
+    next_sentence_label: ()                                     IS_NEXT (0) or NOT_NEXT (1)
 
     `collate` trims a batch to its longest member.
     """
@@ -46,7 +32,7 @@ class PretrainingDataset(Dataset):
         self.split = split
         self.index = read_index(self.data_dir)
         if split not in self.index["splits"]:
-            raise ValueError(f"{self.data_dir}: no split {split!r} (has {', '.join(self.index['splits'])})")
+            raise CLIError(f"{self.data_dir}: no split {split!r} (has {', '.join(self.index['splits'])})")
         self.max_length: int = self.index["max_length"]
         self.vocab_size: int = self.index["vocab_size"]
         self.tokenizer_sha256: str = self.index["tokenizer_sha256"]
@@ -55,7 +41,7 @@ class PretrainingDataset(Dataset):
     def check_tokenizer(self, checksum: str) -> None:
         """Fail if the data was tokenized with another tokenizer than the one (sha256) about to be used."""
         if checksum != self.tokenizer_sha256:
-            raise ValueError(
+            raise CLIError(
                 f"{self.data_dir}: prepared with tokenizer sha256 {self.tokenizer_sha256[:12]}…, "
                 f"not {checksum[:12]}…; run `pocketbert prepare` with this tokenizer"
             )
@@ -70,7 +56,7 @@ class PretrainingDataset(Dataset):
                 path = self.data_dir / self.index["files"][name].format(split=self.split)
                 arrays[name] = np.load(path, mmap_mode="r")
                 if len(arrays[name]) != len(self):
-                    raise ValueError(f"{path}: {len(arrays[name])} rows, index.json says {len(self)}")
+                    raise CLIError(f"{path}: {len(arrays[name])} rows, index.json says {len(self)}")
             self._arrays = arrays
         return self._arrays
 

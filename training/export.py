@@ -15,16 +15,28 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
+import torch
 
+from model.bert import BertForPreTraining
+from model.bundle import FORMAT_VERSION, MANIFEST, REQUIRED_FILES, checksums
+from model.checkpoint import load_model
+from model.engine import Engine, make_session
+from model.tokenizer import MASK_ID, NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer
+from training import onnx_utils
 from training.errors import CLIError
+from training.publish import staged
+from training.tasks import TASK_FORMATS, read_task
+from training.textio import iter_lines
 
 PARITY_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.95  # fill-mask top-1 agreement with fp32
@@ -37,9 +49,6 @@ class ParityError(CLIError):
 
 # --- inputs -----------------------------------------------------------------------------------------
 def _load_checkpoint(path: str | Path, kind: str):
-    from model.bert import BertForPreTraining
-    from model.checkpoint import load_model
-
     try:
         model, metadata = load_model(path)
     except (FileNotFoundError, ValueError) as exc:
@@ -66,8 +75,6 @@ def _check_tokenizer(tokenizer, metadata: dict[str, Any], vocab_size: int, what:
 
 def read_eval_text(path: str | Path, limit: int) -> list[str]:
     """Held-out sentences, one per line (blank lines skipped)."""
-    from training.textio import iter_lines
-
     lines = [line.strip() for line in iter_lines([path]) if line.strip()][:limit]
     if not lines:
         raise CLIError(f"{path}: no sentences")
@@ -78,8 +85,6 @@ def read_eval_dev(
     path: str | Path, task: str, label_names: list[str], limit: int
 ) -> tuple[list[str], list[int]]:
     """A labelled dev set in one of fine-tuning's formats (training/tasks.py: nsmc, sst2, csv)."""
-    from training.tasks import read_task
-
     data = read_task(task, path, label_names=label_names if task == "csv" else None)
     if data.label_names != label_names:
         raise CLIError(f"{path}: labels {data.label_names} do not match the classifier's {label_names}")
@@ -115,8 +120,6 @@ def random_batches(vocab_size: int, max_length: int, seed: int = 0) -> list[dict
 
 
 def _torch_outputs(graph, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-    import torch
-
     with torch.inference_mode():
         out = graph(*(torch.from_numpy(feeds[n]) for n in names))
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
@@ -130,8 +133,6 @@ def check_parity(
     specs: name -> onnx_utils.GraphSpec (the torch side), paths: name -> the ONNX file. Padded entries
     are compared too: every output of these graphs is defined at every position.
     """
-    from model.engine import make_session
-
     report = {}
     for name, spec in specs.items():
         session = make_session(paths[name], threads)
@@ -156,8 +157,6 @@ def fill_mask_agreement(reference, candidate, sentences: list[str], seed: int = 
 
     Also records how often each recovers the original token (meaningful for a trained model only).
     """
-    from model.tokenizer import MASK_ID, NUM_SPECIAL
-
     rng = np.random.default_rng(seed)
     agree = total = ref_correct = cand_correct = 0
     for start in range(0, len(sentences), 32):
@@ -199,12 +198,6 @@ def classifier_accuracy(engine, texts: list[str], labels: list[int]) -> float:
 
 # --- the export -------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import onnx
-    import onnxruntime
-    import torch
-
     out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
     try:
         out["pocketbert"] = version("pocketbert")
@@ -216,23 +209,6 @@ def _versions() -> dict[str, str]:
 def _log(message: str, quiet: bool) -> None:
     if not quiet:
         print(f"[export] {message}", file=sys.stderr, flush=True)
-
-
-def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename the finished staging folder to out_dir (an existing empty folder is replaced)."""
-    staging.chmod(0o755)  # mkdtemp made it private; a bundle is read by other users (a server, a container)
-    if out_dir.exists():
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        elif overwrite:
-            trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, trash)
-            os.replace(staging, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-            return
-        else:
-            raise CLIError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
-    os.replace(staging, out_dir)
 
 
 def export_bundle(
@@ -257,10 +233,6 @@ def export_bundle(
     eval_dev (nsmc, sst2, csv): by default the classifier checkpoint's task, else csv. Raises CLIError
     (ParityError when onnxruntime disagrees with torch) and leaves out_dir untouched on any failure.
     """
-    from model.bundle import MANIFEST
-    from model.engine import Engine
-    from model.tokenizer import Tokenizer
-
     if quantize not in (None, "int8"):
         raise CLIError(f"--quantize: only 'int8' is supported, got {quantize!r}")
     for flag, path in (("--eval-text", eval_text), ("--eval-dev", eval_dev)):
@@ -280,9 +252,7 @@ def export_bundle(
     if not 3 <= max_length <= limit:
         raise CLIError(f"max length {max_length} must be between 3 and the models' {limit} positions")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged(out_dir, overwrite) as staging:
         with tempfile.TemporaryDirectory(prefix="pocketbert-export-") as scratch_dir:
             scratch = Path(scratch_dir)
             shutil.copyfile(tokenizer.path, scratch / "tokenizer.model")
@@ -327,10 +297,6 @@ def export_bundle(
             json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         Engine.load(staging)  # the bundle must load as the service will load it
-        _publish(staging, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _log(f"wrote {out_dir}", quiet)
     return info
 
@@ -349,10 +315,6 @@ def _build_graphs(
 
     Returns (fp32 graph paths, final graph paths, the manifest's "export" entry, the parity report).
     """
-    import torch
-
-    from training import onnx_utils
-
     specs = onnx_utils.bundle_graphs(pre_model, cls_model)
     batches = random_batches(pre_model.config.vocab_size, max_length)
     fp32: dict[str, Path] = {}
@@ -413,9 +375,6 @@ def _manifest(
     sources: dict,
 ) -> dict[str, Any]:
     """The content of bundle.json (see model/bundle.py for what loading requires of it)."""
-    from model.bundle import FORMAT_VERSION, REQUIRED_FILES, checksums
-    from model.tokenizer import SPECIAL_TOKENS
-
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -442,9 +401,7 @@ def _manifest(
 
 
 def _default_task(metadata: dict[str, Any]) -> str:
-    from training.tasks import TASKS
-
-    return metadata.get("task") if metadata.get("task") in TASKS else "csv"
+    return metadata.get("task") if metadata.get("task") in TASK_FORMATS else "csv"
 
 
 def _int8_checks(
@@ -461,8 +418,6 @@ def _int8_checks(
     threads: int | None,
 ) -> dict[str, Any]:
     """INT8 vs fp32 on held-out sentences and a dev set; records why a check did not run."""
-    from model.engine import Engine
-
     if quantize != "int8":
         return {"run": False, "reason": "not quantized"}
     report: dict[str, Any] = {"run": True}
@@ -509,61 +464,6 @@ def _int8_checks(
 
 
 # --- CLI --------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--pretrained", required=True, metavar="CKPT", help="pretraining model checkpoint (from `pretrain`)"
-    )
-    parser.add_argument(
-        "--classifier", required=True, metavar="CKPT", help="classifier model checkpoint (from `finetune`)"
-    )
-    parser.add_argument(
-        "--tokenizer",
-        required=True,
-        metavar="DIR",
-        help="folder (or file) of the tokenizer.model both were trained with",
-    )
-    parser.add_argument(
-        "--out", required=True, metavar="BUNDLE_DIR", help="bundle folder to write (written atomically)"
-    )
-    parser.add_argument(
-        "--quantize", choices=["int8"], default=None, help="dynamic INT8 quantization of the weights"
-    )
-    parser.add_argument(
-        "--optimize",
-        action="store_true",
-        help="apply onnxruntime's BERT fusions (Attention, LayerNorm, Gelu)",
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        metavar="N",
-        help="longest input in tokens (default: the classifier's fine-tuning max length, else 128)",
-    )
-    parser.add_argument(
-        "--eval-text",
-        metavar="FILE",
-        default=None,
-        help="held-out sentences, one a line: INT8 vs fp32 fill-mask top-1 agreement",
-    )
-    parser.add_argument(
-        "--eval-dev", metavar="FILE", default=None, help="labelled dev set: INT8 vs fp32 classifier accuracy"
-    )
-    parser.add_argument(
-        "--eval-task",
-        choices=["nsmc", "sst2", "csv"],
-        default=None,
-        help="format of --eval-dev (default: the classifier checkpoint's task, else csv)",
-    )
-    parser.add_argument(
-        "--eval-limit", type=int, default=2000, metavar="N", help="use at most N eval sentences / dev rows"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="onnxruntime threads for the checks"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-
-
 def run(args: argparse.Namespace) -> int:
     info = export_bundle(
         args.pretrained,

@@ -1,7 +1,7 @@
 """`pocketbert export-hf`: one checkpoint -> a folder that transformers' pipelines load as they are.
 
     pocketbert export-hf runs/en/pretrain/model.pt hf-mlm        # pipeline("fill-mask", model="hf-mlm")
-    pocketbert export-hf runs/en/finetune/best.pt hf-sentiment   # pipeline("text-classification", ...)
+    pocketbert export-hf runs/en/finetune/model.pt hf-sentiment  # pipeline("text-classification", ...)
 
 Writes config.json (Hugging Face field names, architectures, id2label), model.safetensors (our state_dict
 keys already are Hugging Face's) and a `tokenizer.json` that reproduces this project's tokenizer:
@@ -13,26 +13,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import Unigram
+
+from model.bert import BertForPreTraining
+from model.checkpoint import load_model
+from model.tokenizer import (
+    CLS_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    TOKENIZER_FILENAME,
+    UNK_ID,
+    WORD_BOUNDARY,
+    Tokenizer,
+)
 from training.errors import CLIError
+from training.publish import staged
 
 
 def _find_tokenizer(checkpoint: Path, metadata: dict[str, Any], given: str | Path | None) -> Path:
     """--tokenizer, else the one the checkpoint records, else a tokenizer.model beside it (a run folder)."""
-    from model.tokenizer import MODEL_FILENAME
-
     if given is not None:
         return Path(given)
     recorded = metadata.get("tokenizer")  # `pretrain` and `finetune` record the tokenizer they used
     if recorded and Path(recorded).exists():
         return Path(recorded)
     for folder in [checkpoint.parent, *checkpoint.parent.parents][:3]:
-        for candidate in (folder / MODEL_FILENAME, folder / "tokenizer" / MODEL_FILENAME):
+        for candidate in (folder / TOKENIZER_FILENAME, folder / "tokenizer" / TOKENIZER_FILENAME):
             if candidate.is_file():
                 return candidate
     raise CLIError(f"{checkpoint}: no tokenizer.model found beside it; pass --tokenizer DIR")
@@ -40,13 +54,6 @@ def _find_tokenizer(checkpoint: Path, metadata: dict[str, Any], given: str | Pat
 
 def tokenizer_json(tokenizer) -> str:
     """A `tokenizers` definition equal to our SentencePiece tokenizer on ordinary text and [MASK]."""
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import Unigram
-
-    from model.tokenizer import CLS_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, WORD_BOUNDARY
-
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(tokenizer.path.read_bytes())
     if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
@@ -76,8 +83,6 @@ def tokenizer_json(tokenizer) -> str:
 
 
 def hf_config(model, metadata: dict[str, Any]) -> dict[str, Any]:
-    from model.bert import BertForPreTraining
-
     config = model.config.to_hf_dict()
     if isinstance(model, BertForPreTraining):
         config["architectures"] = ["BertForPreTraining"]
@@ -97,12 +102,7 @@ def export_hf(
     tokenizer_dir: str | Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the Hugging Face folder atomically; returns its path."""
-    from safetensors.torch import save_file
-
-    from model.checkpoint import load_model
-    from model.tokenizer import SPECIAL_TOKENS, Tokenizer
-
+    """Write the Hugging Face folder (published world-readable, training/publish.py); returns its path."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     try:
         model, metadata = load_model(checkpoint)
@@ -113,12 +113,7 @@ def export_hf(
         raise CLIError(
             f"{tokenizer.path} has {tokenizer.vocab_size} pieces, {checkpoint} {model.config.vocab_size}"
         )
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise CLIError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged(out_dir, overwrite) as staging:
         # safetensors stores no shared memory: the tied decoder weight / bias are written as copies,
         # and transformers ties them again on load (tie_word_embeddings).
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -143,32 +138,7 @@ def export_hf(
             json.dumps({f"{role}_token": token for role, token in names.items()}, indent=2) + "\n",
             encoding="utf-8",
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "checkpoint",
-        metavar="CKPT",
-        help="a pretraining (-> fill-mask) or classifier (-> text-classification) checkpoint",
-    )
-    parser.add_argument(
-        "out", metavar="OUT", help="folder to write (config.json, model.safetensors, tokenizer files)"
-    )
-    parser.add_argument(
-        "--tokenizer",
-        metavar="DIR",
-        default=None,
-        help="folder (or file) of the tokenizer.model (default: the one the checkpoint records, "
-        "else one beside it)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
 
 def run(args: argparse.Namespace) -> int:

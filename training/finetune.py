@@ -16,98 +16,29 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from model.bert import BertForSequenceClassification
+from model.checkpoint import MODEL_FILENAME, load_model, read_weights, save_model
+from model.config import BertConfig
+from model.tokenizer import Encoding, Tokenizer, pad_batch, resolve_tokenizer
 from training.errors import CLIError
-from training.tasks import TASKS, LabeledTexts, read_task, split_dev
+from training.loop import Window, clip_and_step, progress_bar
+from training.metrics_log import MetricsLog
+from training.optim import build_optimizer, build_scheduler
+from training.plot import plot_run
+from training.runtime import derived_generator, pick_device
+from training.tasks import LabeledTexts, read_task, split_dev
 
 EVAL_BATCH_SIZE = 128
 BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few enough to stay shuffled
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--task",
-        required=True,
-        choices=TASKS,
-        help="nsmc (id/document/label TSV), sst2 (GLUE sentence/label TSV) or csv (.csv/.tsv/.jsonl)",
-    )
-    data.add_argument("--train", required=True, help="training file")
-    data.add_argument(
-        "--dev", help="dev file: chooses the best epoch of each seed (or carve one: --dev-fraction)"
-    )
-    data.add_argument(
-        "--dev-fraction",
-        type=float,
-        help="instead of --dev: hold out this random share of --train as the dev set "
-        "(reproducible: the same rows for every seed and run)",
-    )
-    data.add_argument("--test", help="test file, scored once with each seed's best checkpoint")
-    data.add_argument(
-        "--text-column", default="text", help="text column / field for --task csv (default text)"
-    )
-    data.add_argument(
-        "--label-column", default="label", help="label column / field for --task csv (default label)"
-    )
-    data.add_argument("--limit-train", type=int, help="use a random subset of this many training examples")
-    data.add_argument("--limit-dev", type=int, help="use a random subset of this many dev examples")
-    data.add_argument("--limit-test", type=int, help="use a random subset of this many test examples")
-
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--init",
-        required=True,
-        help="a pretrain model.pt / checkpoint.pt to start from, or 'scratch' for random weights",
-    )
-    model.add_argument(
-        "--tokenizer", help="tokenizer folder or .model (default: the one the checkpoint records)"
-    )
-    model.add_argument(
-        "--config", help="model config JSON for --init scratch (default: the 3-layer/256/4-head model)"
-    )
-    model.add_argument(
-        "--dropout",
-        type=float,
-        default=0.1,
-        help="hidden and attention dropout while fine-tuning, whatever the pretrained model used "
-        "(default 0.1, BERT's)",
-    )
-    model.add_argument(
-        "--out", required=True, help="output folder: model.pt (best seed), results.json, metrics"
-    )
-
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument(
-        "--seeds",
-        default="1,2,3,4,5",
-        help="comma-separated seeds, one full run each; their spread measures stability (default 1,2,3,4,5)",
-    )
-    opt.add_argument("--epochs", type=int, default=5, help="training epochs per seed (default 5)")
-    opt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    opt.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
-    opt.add_argument(
-        "--max-length", type=int, default=128, help="tokens per example incl. [CLS]/[SEP] (default 128)"
-    )
-    opt.add_argument(
-        "--warmup-ratio", type=float, default=0.1, help="share of steps in linear warmup (default 0.1)"
-    )
-    opt.add_argument(
-        "--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)"
-    )
-    opt.add_argument(
-        "--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)"
-    )
-    opt.add_argument("--evals-per-epoch", type=int, default=1, help="dev evaluations per epoch (default 1)")
-    opt.add_argument(
-        "--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)"
-    )
-    opt.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    opt.add_argument("--log-every", type=int, default=20, help="write a training metrics row every N steps")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,8 +58,6 @@ def subsample(data: LabeledTexts, limit: int | None, seed: int = 0) -> LabeledTe
     """A reproducible random subset (the same one for every seed and for --init scratch)."""
     if limit is None or limit >= len(data):
         return data
-    import random
-
     keep = sorted(random.Random(seed).sample(range(len(data)), limit))
     return LabeledTexts(
         [data.texts[i] for i in keep],
@@ -152,7 +81,7 @@ class EncodedSet:
         return [len(x) for x in self.ids]
 
 
-def encode(tokenizer, data: LabeledTexts, max_length: int) -> EncodedSet:
+def encode(tokenizer: Tokenizer, data: LabeledTexts, max_length: int) -> EncodedSet:
     """[CLS] text [SEP], truncated to max_length by the tokenizer (the one place that encodes text)."""
     encodings = [
         tokenizer.build_inputs(ids, max_length=max_length) for ids in tokenizer.encode_ids_batch(data.texts)
@@ -162,15 +91,13 @@ def encode(tokenizer, data: LabeledTexts, max_length: int) -> EncodedSet:
     )
 
 
-def bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[list[int]]:
+def bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Shuffled batches of similar lengths: shuffle, sort within buckets of BUCKET_BATCHES batches, cut,
     shuffle.
 
     Batches are padded to their longest member, so grouping similar lengths keeps a batch of short
     reviews short (NSMC's median review is about a fifth of the longest).
     """
-    import torch
-
     perm = torch.randperm(len(lengths), generator=generator).tolist()
     bucket = batch_size * BUCKET_BATCHES
     batches = []
@@ -181,12 +108,8 @@ def bucketed_batches(lengths: list[int], batch_size: int, generator) -> list[lis
     return [batches[i] for i in order]
 
 
-def make_batch(data: EncodedSet, indices: list[int], device) -> dict:
+def make_batch(data: EncodedSet, indices: list[int], device: torch.device | str) -> dict[str, torch.Tensor]:
     """Pad the chosen examples to the batch's longest member; tensors on `device`."""
-    import torch
-
-    from model.tokenizer import Encoding, pad_batch
-
     padded = pad_batch([Encoding(data.ids[i], data.token_types[i]) for i in indices])
     batch = {k: torch.from_numpy(v).to(device) for k, v in padded.as_dict().items()}
     batch["labels"] = torch.tensor([data.labels[i] for i in indices], device=device)
@@ -201,15 +124,13 @@ class Init:
     """Where the encoder weights come from."""
 
     name: str  # "scratch" or the checkpoint path
-    config: Any  # BertConfig
+    config: BertConfig
     encoder_state: dict | None = None  # bert.* weights of the pretrained model
     metadata: dict = field(default_factory=dict)
 
 
 def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
     """The encoder to start from; vocab_size (the tokenizer's) sizes a scratch model."""
-
-    from model.config import BertConfig
 
     if args.init == "scratch":
         if args.config:
@@ -223,8 +144,6 @@ def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
         config.max_position_embeddings = max(config.max_position_embeddings, args.max_length)
         return Init("scratch", config)
 
-    from model.checkpoint import read_weights
-
     try:
         weights = read_weights(args.init)
     except FileNotFoundError as exc:
@@ -237,12 +156,10 @@ def load_init(args: argparse.Namespace, vocab_size: int | None) -> Init:
     return Init(str(args.init), weights.config, encoder, weights.metadata)
 
 
-def build_classifier(init: Init, num_labels: int, seed: int, device, dropout: float | None = None):
+def build_classifier(
+    init: Init, num_labels: int, seed: int, device: torch.device | str, dropout: float | None = None
+) -> BertForSequenceClassification:
     """A BertForSequenceClassification: the pooler and encoder from `init`, a fresh seeded classifier."""
-    import torch
-
-    from model.bert import BertForSequenceClassification
-
     torch.manual_seed(seed)  # the classifier head and dropout differ per seed; the encoder does not
     config = dataclasses.replace(init.config)
     if dropout is not None:  # fine-tuning's own regularisation, not the pretraining run's
@@ -256,10 +173,10 @@ def build_classifier(init: Init, num_labels: int, seed: int, device, dropout: fl
 # --------------------------------------------------------------------------------------------------
 # train / evaluate one seed
 # --------------------------------------------------------------------------------------------------
-def evaluate(model, data: EncodedSet, device) -> dict[str, float]:
+def evaluate(
+    model: BertForSequenceClassification, data: EncodedSet, device: torch.device | str
+) -> dict[str, float]:
     """Accuracy and mean loss; batches sorted by length (order does not change the figures)."""
-    import torch
-
     model.eval()
     order = sorted(range(len(data.labels)), key=lambda i: data.lengths[i])
     correct, loss_sum = 0, 0.0
@@ -296,14 +213,9 @@ def train_seed(
     dev: EncodedSet,
     test: EncodedSet | None,
     majority_dev: float,
-    log,
+    metrics: MetricsLog,
 ) -> SeedResult:
-    import torch
-    from tqdm import tqdm
-
-    from training.optim import build_optimizer, build_scheduler
-    from training.runtime import derived_generator, pick_device
-
+    """Fine-tune one seed's classifier, keep its best dev checkpoint, and score that on the test set."""
     device = pick_device(args.device)
     model = build_classifier(init, num_labels, seed, device, args.dropout)
     steps_per_epoch = math.ceil(len(train.labels) / args.batch_size)
@@ -314,60 +226,55 @@ def train_seed(
 
     best_acc, best_step, best_state = -1.0, 0, None
     step, started = 0, time.perf_counter()
-    bar = tqdm(total=total, desc=f"seed {seed}", unit="step", dynamic_ncols=True, mininterval=1.0)
-    window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    bar = progress_bar(total, desc=f"seed {seed}")
+    window = Window()
     for epoch in range(args.epochs):
         batches = bucketed_batches(train.lengths, args.batch_size, derived_generator(seed, epoch))
         for b, indices in enumerate(batches, start=1):
+            step_started = time.perf_counter()
             model.train()
             batch = make_batch(train, indices, device)
             out = model(
                 batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], labels=batch["labels"]
             )
             out.loss.backward()
-            if args.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            clip_and_step(model.parameters(), optimizer, scheduler, args.clip)
             step += 1
-            window_loss += out.loss.item()
-            window_n += 1
-            window_tokens += int(batch["attention_mask"].sum())
-            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            loss = out.loss.item()
+            window.add({"loss": loss}, int(batch["attention_mask"].sum()), time.perf_counter() - step_started)
             bar.update(1)
             bar.set_postfix(
-                loss=f"{out.loss.item():.3f}",
+                loss=f"{loss:.3f}",
                 best_dev=f"{max(best_acc, 0):.4f}",
-                tok_s=f"{tokens_per_s:,.0f}",
+                tok_s=f"{window.tokens_per_s:,.0f}",
                 refresh=False,
             )
             if step % args.log_every == 0:
-                log(
+                metrics.write(
                     {
                         "seed": seed,
                         "step": step,
                         "split": "train",
-                        "loss": window_loss / window_n,
+                        **window.means(),
                         "lr": scheduler.get_last_lr()[0],
-                        "tokens_per_s": tokens_per_s,
+                        "tokens_per_s": window.tokens_per_s,
                     }
                 )
-                window_loss, window_n, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+                window.reset()
             if b in eval_at:
-                metrics = evaluate(model, dev, device)
-                log(
+                dev_metrics = evaluate(model, dev, device)
+                metrics.write(
                     {
                         "seed": seed,
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 3),
                         "split": "dev",
-                        "acc": metrics["acc"],
-                        "loss": metrics["loss"],
+                        "acc": dev_metrics["acc"],
+                        "loss": dev_metrics["loss"],
                     }
                 )
-                if metrics["acc"] > best_acc:
-                    best_acc, best_step = metrics["acc"], step
+                if dev_metrics["acc"] > best_acc:
+                    best_acc, best_step = dev_metrics["acc"], step
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     bar.close()
     model.load_state_dict(best_state)
@@ -445,12 +352,6 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from model.checkpoint import load_model, save_model
-    from model.tokenizer import resolve_tokenizer
-    from training.plot import METRICS_FILENAME, plot_run
-
     seeds = parse_seeds(args.seeds)
     for name in ("epochs", "batch_size", "evals_per_epoch", "log_every"):
         if getattr(args, name) < 1:
@@ -502,20 +403,17 @@ def run(args: argparse.Namespace) -> int:
     test_set = encode(tokenizer, test_data, args.max_length) if test_data is not None else None
     num_labels = len(train_data.label_names)
     majority_dev = dev_data.majority_accuracy()
+    parameters = build_classifier(init, num_labels, seeds[0], "cpu").num_parameters()
     print(
         f"{args.task}: {len(train_set.labels)} train, {len(dev_set.labels)} dev"
         + (f", {len(test_set.labels)} test" if test_set else "")
-        + f"; labels {train_data.label_names}; init {init.name}; seeds {seeds}"
+        + f"; labels {train_data.label_names}; init {init.name} ({parameters:,} parameters); seeds {seeds}"
     )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / METRICS_FILENAME
-    metrics_path.unlink(missing_ok=True)
-
-    def log(row: dict) -> None:
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    metrics = MetricsLog(out)
+    metrics.start(0)
 
     extra = {
         "label_names": train_data.label_names,
@@ -536,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[SeedResult] = []
     best_dev = -1.0
     for seed in seeds:
-        result = train_seed(args, seed, init, num_labels, train_set, dev_set, test_set, majority_dev, log)
+        result = train_seed(args, seed, init, num_labels, train_set, dev_set, test_set, majority_dev, metrics)
         results.append(result)
         summary = summarise(args, results, extra)
         if result.best_dev_acc > best_dev:  # write the best classifier as soon as it exists
@@ -544,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
             model = build_classifier(init, num_labels, seed, "cpu", args.dropout)
             model.load_state_dict(result.state)
             save_model(
-                out / "model.pt",
+                out / MODEL_FILENAME,
                 model,
                 {
                     "label_names": train_data.label_names,
@@ -561,11 +459,11 @@ def run(args: argparse.Namespace) -> int:
         (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_run(out)
     summary = summarise(args, results, extra)
-    model, metadata = load_model(out / "model.pt")
-    save_model(out / "model.pt", model, {**metadata, "results": summary})  # the final table, all seeds
+    model, metadata = load_model(out / MODEL_FILENAME)
+    save_model(out / MODEL_FILENAME, model, {**metadata, "results": summary})  # the final table, all seeds
     print_table(summary)
     print(
-        f"wrote {out / 'results.json'}, {out / 'model.pt'} (seed {summary['best_seed']}), "
+        f"wrote {out / 'results.json'}, {out / MODEL_FILENAME} (seed {summary['best_seed']}), "
         f"{out / 'metrics.png'}"
     )
     return 0

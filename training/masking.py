@@ -1,10 +1,11 @@
-"""Dynamic masked-language-model masking, applied at batch time (a fresh mask every epoch).
+"""Dynamic masked-language-model masking, applied by the trainer to each collated batch (a fresh mask
+every step, drawn from a generator derived from (seed, step), so a resumed run draws the same masks).
 
-BERT's recipe: 15% of the maskable tokens are chosen (maskable = not special, not padding:
-ids >= NUM_SPECIAL);
-of the chosen, 80% become [MASK], 10% a random ordinary token that differs from the original, 10% stay as
-they are. The loss looks only at the chosen positions: labels hold the original id there and -100 (ignored
-by cross-entropy) elsewhere. Everything is tensor operations over the whole batch, no loop per token.
+BERT's recipe: 15% of the maskable tokens are chosen (maskable = not special, not padding: ids >=
+NUM_SPECIAL); of the chosen, 80% become [MASK], 10% a random ordinary token that differs from the original,
+10% stay as they are. The loss looks only at the chosen positions: labels hold the original id there and
+IGNORE_INDEX (-100, skipped by cross-entropy) elsewhere. Everything is tensor operations over the whole
+batch, no loop per token.
 
 Whole-word masking chooses words instead of pieces: a word is a piece whose text starts with "▁" plus the
 pieces that follow it up to the next such piece, so "▁un", "believ", "able" are masked together.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from model.bert import IGNORE_INDEX  # labels of the unchosen positions, re-exported for the collator's users
+from model.bert import IGNORE_INDEX
 from model.tokenizer import MASK_ID, NUM_SPECIAL, WORD_BOUNDARY
 
 
@@ -75,38 +76,3 @@ def _choose_whole_words(
     positions = torch.arange(maskable.shape[1], device=maskable.device).expand_as(maskable)  # (B, T)
     start_of_word = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values  # (B, T)
     return word_draw.gather(1, start_of_word) & maskable
-
-
-class MLMCollator:
-    """DataLoader collate_fn: `training.dataset.collate`, then `mask_tokens`.
-
-    Returns input_ids (masked), token_type_ids, attention_mask, labels (B, T) and next_sentence_label (B,).
-    Without a generator, masks come from torch's global RNG, which a DataLoader seeds per worker.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        mlm_probability: float = 0.15,
-        word_start_table: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.mlm_probability = mlm_probability
-        self.word_start_table = word_start_table  # (vocab_size,) bool, for whole-word masking
-        self.generator = generator
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer, whole_word: bool = False, **kwargs) -> MLMCollator:
-        table = word_start_table(tokenizer) if whole_word else None
-        return cls(tokenizer.vocab_size, word_start_table=table, **kwargs)
-
-    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        from training.dataset import collate
-
-        batch = collate(items)
-        word_starts = None if self.word_start_table is None else self.word_start_table[batch["input_ids"]]
-        batch["input_ids"], batch["labels"] = mask_tokens(
-            batch["input_ids"], self.vocab_size, self.generator, self.mlm_probability, word_starts
-        )
-        return batch

@@ -13,11 +13,15 @@ models: one explicit pattern for every graph, and the attention-map graph needs 
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from onnx import TensorProto
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.optimizer import optimize_model
 from torch import nn
 
 from model.bert import BertForPreTraining, BertForSequenceClassification
@@ -145,8 +149,6 @@ def export_graph(
 
 def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """onnxruntime's transformer optimizer for BERT; returns the counts of the fused operators."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
     # opt_level=0: only the Python fusions; onnxruntime applies its own graph optimizations at load time.
     model = optimize_model(
         str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
@@ -158,11 +160,6 @@ def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
 
 def quantize_int8(path: Path, out: Path) -> None:
     """Dynamic INT8 quantization: int8 weights, activations quantized per batch at run time."""
-    import logging
-
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" warning

@@ -1,8 +1,7 @@
-"""`pocketbert plot RUN_DIR`: draw a run's metrics.jsonl as metrics.png.
+"""`pocketbert plot RUN_DIR`: draw a run's metrics.jsonl (training/metrics_log.py) as metrics.png.
 
-metrics.jsonl has one JSON object per line with a "step" and a "split" ("train", "valid", "dev", ...)
-and, for fine-tuning runs, a "seed". Every numeric field becomes a curve in the panel of its family
-(losses, accuracies, learning rate, throughput), one line per (seed, split, field).
+Every numeric field becomes a curve in the panel of its family (losses, accuracies, learning rate,
+throughput), one line per (seed, split, field).
 """
 
 from __future__ import annotations
@@ -12,24 +11,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from training.errors import CLIError
-from training.textio import iter_json_objects
+from training.metrics_log import METRICS_FILENAME, read_metrics
 
-METRICS_FILENAME = "metrics.jsonl"
 PLOT_FILENAME = "metrics.png"
 _PANELS = ("loss", "NSP loss", "accuracy", "learning rate", "tokens/s")
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a malformed line is reported with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"{path}: no such metrics file")
-    rows = []
-    for line_no, row in iter_json_objects(path):
-        if "step" not in row:
-            raise CLIError(f"{path}:{line_no}: a metrics row needs a 'step'")
-        rows.append(row)
-    return rows
 
 
 def _panel_of(key: str) -> str | None:
@@ -65,6 +50,7 @@ def collect_series(rows: list[dict]) -> dict[str, dict[str, tuple[list[float], l
 
 def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | None = None) -> Path:
     """Write a PNG with one panel per metric family present in the file."""
+    # Imported here, not at the top: choosing the backend is a process-wide setting, made only by drawing.
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a training machine
@@ -99,12 +85,6 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | No
 def plot_run(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     return plot_metrics(run_dir / METRICS_FILENAME, run_dir / PLOT_FILENAME, title=run_dir.name)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a pretrain or finetune output folder with metrics.jsonl"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

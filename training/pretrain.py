@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -20,105 +21,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.errors import CLIError
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-INDEX_FILENAME = "index.json"
+from model.bert import IGNORE_INDEX, BertForPreTraining
+from model.checkpoint import MODEL_FILENAME, Weights, read_weights, save_model
+from model.config import BertConfig
+from model.tokenizer import resolve_tokenizer
+from training.checkpointing import TRAINING_STATE_FILENAME, load_training_state, save_training_state
+from training.data_format import INDEX_FILENAME, read_shared_index
+from training.dataset import PretrainingDataset, collate
+from training.errors import CLIError
+from training.loop import Window, clip_and_step, progress_bar
+from training.masking import mask_tokens, word_start_table
+from training.metrics_log import MetricsLog
+from training.optim import build_optimizer, build_scheduler, warmup_linear_decay
+from training.plot import plot_run
+from training.runtime import (
+    Runtime,
+    StopSignal,
+    derived_generator,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup,
+    teardown,
+)
+
+LOSSES = ("loss", "mlm_loss", "nsp_loss")  # what a training step reports and a train metrics row averages
 EVAL_MASK_SEED = 20_240_917  # validation masks are the same at every evaluation, so curves are comparable
 # ...and the same whatever the training masking (rate, whole words), so runs with different recipes compare
 EVAL_MLM_PROBABILITY = 0.15
 
 
 # --------------------------------------------------------------------------------------------------
-# command line
+# the command (its options: training/arguments.py)
 # --------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    io = parser.add_argument_group("data and output")
-    io.add_argument(
-        "--data",
-        required=True,
-        nargs="+",
-        metavar="DIR",
-        help="folder(s) written by `pocketbert prepare` with the same tokenizer and length; several "
-        "are read as one training set (e.g. Wikipedia + in-domain text), validated on the first",
-    )
-    io.add_argument(
-        "--out", required=True, help="run folder: checkpoint.pt, model.pt, metrics.jsonl, metrics.png"
-    )
-    io.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUT/checkpoint.pt exactly where it stopped (starts fresh if there is none)",
-    )
-
-    model = parser.add_argument_group("model (ignored on --resume: the checkpoint's config is used)")
-    model.add_argument(
-        "--init",
-        metavar="MODEL",
-        help="start from the weights of a model.pt or checkpoint.pt (its config; a fresh optimiser "
-        "and schedule): continued pretraining on other data or with another recipe",
-    )
-    model.add_argument("--config", help="model config JSON (BertConfig / Hugging Face field names)")
-    model.add_argument("--hidden-size", type=int, default=256, help="hidden size (default 256)")
-    model.add_argument("--layers", type=int, default=3, help="number of transformer layers (default 3)")
-    model.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    model.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden size)")
-    model.add_argument(
-        "--dropout",
-        type=float,
-        help="hidden and attention dropout (default: the config's, 0.1 for a new model)",
-    )
-
-    opt = parser.add_argument_group("optimisation (on --resume, each defaults to the checkpoint's value)")
-    opt.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 32)")
-    opt.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step (default 1)")
-    opt.add_argument("--steps", type=int, help="total optimiser steps of the schedule (default 1000)")
-    opt.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
-    opt.add_argument("--warmup", type=int, help="linear warmup steps (default 10%% of --steps)")
-    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.01)")
-    opt.add_argument("--clip", type=float, help="gradient clipping max norm, 0 = off (default 1.0)")
-    opt.add_argument("--mlm-probability", type=float, help="share of tokens masked (default 0.15)")
-    opt.add_argument(
-        "--whole-word-mask",
-        action="store_true",
-        default=None,
-        help="choose whole words (a '▁' piece and the pieces after it) instead of single pieces",
-    )
-    opt.add_argument(
-        "--tokenizer",
-        help="tokenizer folder for --whole-word-mask (default: the one the data's index.json records)",
-    )
-    opt.add_argument("--seed", type=int, help="seed of initialisation, data order and masks (default 0)")
-
-    run_ = parser.add_argument_group("running")
-    run_.add_argument(
-        "--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)"
-    )
-    run_.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        help="bf16 autocast for matmuls (faster on GPUs and CPUs with AVX512-BF16/AMX; default fp32)",
-    )
-    run_.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (off: it does not pay on CPU)"
-    )
-    run_.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: all cores, split between DDP ranks)"
-    )
-    run_.add_argument("--eval-every", type=int, default=100, help="evaluate on the valid split every N steps")
-    run_.add_argument(
-        "--eval-batches", type=int, default=50, help="validation batches per evaluation (default 50)"
-    )
-    run_.add_argument(
-        "--save-every", type=int, default=500, help="write checkpoint.pt every N steps (and at the end)"
-    )
-    run_.add_argument("--log-every", type=int, default=10, help="write a training metrics row every N steps")
-    run_.add_argument(
-        "--stop-at",
-        type=int,
-        help="save and stop after this step, keeping the schedule of --steps (to pause a run)",
-    )
-
-
 # Options that define a run. Left out on --resume they take the checkpoint's values, so that
 # `pocketbert pretrain --data D --out O --resume` continues the same schedule; else these defaults.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -138,10 +77,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.checkpointing import STATE_FILENAME, load_training_state
-    from training.runtime import setup, teardown
-
-    state_path = Path(args.out) / STATE_FILENAME
+    state_path = Path(args.out) / TRAINING_STATE_FILENAME
     resume_state = load_training_state(state_path) if args.resume and state_path.is_file() else None
     fill_run_options(args, resume_state["args"] if resume_state else {})
     _check_args(args)
@@ -201,39 +137,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--mlm-probability must be between 0 and 1, got {args.mlm_probability}")
 
 
-def read_index(data_dirs: str | Path | list) -> dict[str, Any]:
-    """The index.json of the (first) prepared folder; several folders must share tokenizer and length."""
-    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
-    indexes = [_read_one_index(d) for d in dirs]
-    first = indexes[0]
-    for folder, index in zip(dirs[1:], indexes[1:], strict=True):
-        for key in ("tokenizer_sha256", "max_length", "vocab_size"):
-            if index.get(key) != first.get(key):
-                raise CLIError(
-                    f"{folder}: {key} {index.get(key)!r} differs from {dirs[0]}'s {first.get(key)!r}; "
-                    "prepare every --data folder with the same tokenizer and --max-length"
-                )
-    return first
-
-
-def _read_one_index(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / INDEX_FILENAME
-    if not path.is_file():
-        raise CLIError(f"{path}: not found; make the data folder with `pocketbert prepare`")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
-    for key in ("vocab_size", "max_length", "splits"):
-        if key not in index:
-            raise CLIError(f"{path}: missing '{key}'; remake the data folder with `pocketbert prepare`")
-    return index
-
-
-def build_config(args: argparse.Namespace, index: dict[str, Any]):
+def build_config(args: argparse.Namespace, index: dict[str, Any]) -> BertConfig:
     """The model config from --config or the size flags; vocabulary and length come from the data."""
-    from model.config import BertConfig
-
     vocab_size, max_length = int(index["vocab_size"]), int(index["max_length"])
     if args.config:
         path = Path(args.config)
@@ -266,10 +171,8 @@ def build_config(args: argparse.Namespace, index: dict[str, Any]):
     return config
 
 
-def read_init(path: str | Path, index: dict[str, Any]):
+def read_init(path: str | Path, index: dict[str, Any]) -> Weights:
     """The weights --init starts from, checked against the data's vocabulary and tokenizer."""
-    from model.checkpoint import read_weights
-
     try:
         weights = read_weights(path)
     except (FileNotFoundError, ValueError) as exc:
@@ -298,7 +201,7 @@ def read_init(path: str | Path, index: dict[str, Any]):
 # --------------------------------------------------------------------------------------------------
 def epoch_batches(
     sizes: int | list[int], batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
-):
+) -> list[torch.Tensor]:
     """The micro-batches (tensors of example indices) this rank reads in `epoch`.
 
     One permutation per epoch, dealt round-robin to the ranks and cut to equal lengths, so every rank
@@ -307,10 +210,6 @@ def epoch_batches(
     is cut into batches of its own and the batches are then shuffled together: a batch never mixes
     folders, so a batch of short in-domain reviews stays short instead of padding to Wikipedia's length.
     """
-    import torch
-
-    from training.runtime import derived_generator
-
     generator = derived_generator(seed, epoch)
     batches, offset = [], 0
     for size in [sizes] if isinstance(sizes, int) else sizes:
@@ -337,7 +236,7 @@ class BatchStream:
 
     def __init__(
         self,
-        dataset,
+        dataset: PretrainingDataset | torch.utils.data.ConcatDataset,
         batch_size: int,
         seed: int,
         rank: int,
@@ -352,7 +251,7 @@ class BatchStream:
         self.position = position
         self._batches = self._epoch(position.epoch)
 
-    def _epoch(self, epoch: int) -> list:
+    def _epoch(self, epoch: int) -> list[torch.Tensor]:
         sizes = (
             [len(d) for d in self.dataset.datasets]
             if hasattr(self.dataset, "datasets")
@@ -366,9 +265,7 @@ class BatchStream:
             )
         return batches
 
-    def next(self) -> dict:
-        from training.dataset import collate
-
+    def next(self) -> dict[str, torch.Tensor]:
         if self.position.batch >= len(self._batches):
             self.position = DataPosition(self.position.epoch + 1, 0)
             self._batches = self._epoch(self.position.epoch)
@@ -383,24 +280,14 @@ class BatchStream:
 class Trainer:
     """One pretraining run: state, the step, evaluation, checkpoints, logging."""
 
-    def __init__(self, args: argparse.Namespace, runtime, resume_state: dict | None = None) -> None:
-        import torch
-
-        from model.bert import BertForPreTraining
-        from training.checkpointing import STATE_FILENAME
-        from training.dataset import PretrainingDataset
-        from training.optim import build_optimizer, build_scheduler
-        from training.runtime import seed_everything, set_rng_state
-
+    def __init__(self, args: argparse.Namespace, runtime: Runtime, resume_state: dict | None = None) -> None:
         self.args = args
         self.rt = runtime
         self.out = Path(args.out)
-        self.index = read_index(args.data)
-        self.state_path = self.out / STATE_FILENAME
+        self.index = read_shared_index(args.data)
+        self.state_path = self.out / TRAINING_STATE_FILENAME
         init = None
         if resume_state is not None:
-            from model.config import BertConfig
-
             self.config = BertConfig.from_dict(resume_state["config"])
         elif args.init:
             init = read_init(args.init, self.index)
@@ -413,6 +300,8 @@ class Trainer:
         self.model = BertForPreTraining(self.config).to(runtime.device)
         if init is not None:
             self.model.load_state_dict(init.state)
+        if runtime.is_main:
+            print(f"model: {self.model.num_parameters():,} parameters")
         self.optimizer = build_optimizer(self.model, args.lr, args.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, args.warmup, args.steps)
         self.step = 0
@@ -423,12 +312,9 @@ class Trainer:
             self._restore(resume_state)
             set_rng_state(self._rank_rng(resume_state))
 
-        try:
-            splits = [PretrainingDataset(folder, split="train") for folder in args.data]
-            self.train_data = splits[0] if len(splits) == 1 else torch.utils.data.ConcatDataset(splits)
-            self.valid_data = PretrainingDataset(args.data[0], split="valid")
-        except (FileNotFoundError, KeyError, ValueError) as exc:
-            raise CLIError(f"{' '.join(args.data)}: cannot open the prepared data ({exc})") from exc
+        splits = [PretrainingDataset(folder, split="train") for folder in args.data]
+        self.train_data = splits[0] if len(splits) == 1 else torch.utils.data.ConcatDataset(splits)
+        self.valid_data = PretrainingDataset(args.data[0], split="valid")
         self.stream = BatchStream(
             self.train_data, args.batch_size, args.seed, runtime.rank, runtime.world_size, self.position
         )
@@ -437,15 +323,14 @@ class Trainer:
         if args.compile:
             self.train_model = torch.compile(self.train_model)
         if runtime.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
         self.word_starts = self._word_start_table() if args.whole_word_mask else None  # (V,) bool
+        self.metrics = MetricsLog(self.out, enabled=runtime.is_main)
         if runtime.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._trim_metrics()
+            self.metrics.start(self.step)  # drops the rows after the checkpoint: the run died before saving
 
     # --- checkpoint state ---------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -482,22 +367,17 @@ class Trainer:
         and recompute the current lr from the schedule at the resumed step. With unchanged options this
         changes nothing, so an ordinary resume stays exact.
         """
-        from training.optim import warmup_linear_decay
-
         self.scheduler.base_lrs = [self.args.lr for _ in self.optimizer.param_groups]
         factor = warmup_linear_decay(self.step, self.args.warmup, self.args.steps)
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.args.lr
             group["lr"] = self.args.lr * factor
-        self.optimizer.param_groups[0]["weight_decay"] = (
-            self.args.weight_decay
-        )  # the matrices (optim.param_groups)
+        matrices = self.optimizer.param_groups[0]  # the decayed group (optim.param_groups)
+        matrices["weight_decay"] = self.args.weight_decay
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _rank_rng(self, state: dict) -> dict:
         """This rank's RNG state; a run resumed with a different process count re-derives one."""
-        from training.runtime import rng_state, seed_everything
-
         states = state["rng"]
         if len(states) == self.rt.world_size:
             return states[self.rt.rank]
@@ -506,12 +386,6 @@ class Trainer:
 
     def save(self) -> None:
         """checkpoint.pt (training state) and model.pt (export format), both atomic; rank 0 writes."""
-        import torch.distributed as dist
-
-        from model.checkpoint import save_model
-        from training.checkpointing import save_training_state
-        from training.runtime import rng_state
-
         digests = self._rank_weight_digests()  # collective: every rank takes part
         rng = [rng_state()]
         if self.rt.distributed:
@@ -538,7 +412,7 @@ class Trainer:
                 "metadata": self._model_metadata(),
             },
         )
-        save_model(self.out / "model.pt", self.model, self._model_metadata())
+        save_model(self.out / MODEL_FILENAME, self.model, self._model_metadata())
         self.config.to_json(self.out / "config.json")
 
     def _rank_weight_digests(self) -> list[str]:
@@ -546,11 +420,6 @@ class Trainer:
 
         All ranks hash their own parameters and gather the digests; rank 0 warns if they differ.
         """
-        import hashlib
-
-        import torch
-        import torch.distributed as dist
-
         digest = hashlib.sha256()
         for name, tensor in self.model.state_dict().items():
             digest.update(name.encode())
@@ -575,45 +444,14 @@ class Trainer:
             "seed": self.args.seed,
         }
 
-    # --- metrics ------------------------------------------------------------------------------------
-    @property
-    def metrics_path(self) -> Path:
-        from training.plot import METRICS_FILENAME
-
-        return self.out / METRICS_FILENAME
-
-    def _trim_metrics(self) -> None:
-        """Drop rows written after the checkpoint we resume from (the run died before saving them)."""
-        if not self.metrics_path.is_file():
-            return
-        if self.step == 0:  # a fresh run in an old folder starts a fresh log
-            self.metrics_path.unlink()
-            return
-        keep = [
-            line
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= self.step
-        ]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self.rt.is_main:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
     # --- one step -----------------------------------------------------------------------------------
-    def _autocast(self):
-        import torch
-
+    def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.rt.device.type, dtype=self.autocast_dtype)
 
-    def _word_start_table(self):
+    def _word_start_table(self) -> torch.Tensor:
         """Which vocabulary ids begin a word, from the tokenizer the data was prepared with."""
-        from model.tokenizer import resolve_tokenizer
-        from training.masking import word_start_table
-
         recorded = {
             "tokenizer": self.index.get("args", {}).get("tokenizer"),
             "tokenizer_sha256": self.index.get("tokenizer_sha256"),
@@ -621,9 +459,9 @@ class Trainer:
         tokenizer = resolve_tokenizer(self.args.tokenizer, recorded, f"{self.args.data[0]}/{INDEX_FILENAME}")
         return word_start_table(tokenizer)
 
-    def _mask(self, batch: dict, generator) -> tuple:
-        from training.masking import mask_tokens
-
+    def _mask(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         word_starts = None if self.word_starts is None else self.word_starts[batch["input_ids"]]  # (B, T)
         return mask_tokens(
             batch["input_ids"],
@@ -633,15 +471,12 @@ class Trainer:
             word_starts=word_starts,
         )
 
-    def train_step(self) -> dict[str, float]:
-        """grad_accum micro-batches -> one clipped optimiser step; returns this step's mean losses."""
-        import torch
-
-        from training.runtime import derived_generator
-
+    def train_step(self) -> tuple[dict[str, float], int]:
+        """grad_accum micro-batches -> one clipped optimiser step; returns this step's mean losses and
+        the tokens this process read."""
         args, dev = self.args, self.rt.device
         self.train_model.train()
-        totals = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0}
+        totals = dict.fromkeys(LOSSES, 0.0)
         tokens = 0
         for micro in range(args.grad_accum):
             batch = self.stream.next()
@@ -663,15 +498,10 @@ class Trainer:
             for key in totals:
                 totals[key] += getattr(out, key).item() / args.grad_accum
             tokens += int(batch["attention_mask"].sum())
-        if args.clip > 0:
-            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        clip_and_step(self.model.parameters(), self.optimizer, self.scheduler, args.clip)
         self.step += 1
         self.tokens_seen += tokens * self.rt.world_size
-        totals["tokens"] = tokens
-        return totals
+        return totals, tokens
 
     # --- evaluation ---------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -680,13 +510,6 @@ class Trainer:
         The masks come from a fixed generator with BERT's standard masking (15% of single pieces), so
         every evaluation of every run scores the same masked positions, whatever its training masking.
         """
-        import torch
-
-        from model.bert import IGNORE_INDEX
-        from training.dataset import collate
-        from training.masking import mask_tokens
-        from training.runtime import derived_generator
-
         self.model.eval()
         dev, bs = self.rt.device, self.args.batch_size
         sums = {
@@ -734,65 +557,46 @@ class Trainer:
         }
 
     def _evaluate_and_log(self) -> None:
-        import torch.distributed as dist
-
         if self.rt.is_main:
             self.last_valid = self.evaluate()
-            self.log({"step": self.step, "split": "valid", **self.last_valid})
+            self.metrics.write({"step": self.step, "split": "valid", **self.last_valid})
         if self.rt.distributed:
             dist.barrier()
 
     # --- the loop -----------------------------------------------------------------------------------
     def train(self) -> int:
-        from tqdm import tqdm
-
-        from training.runtime import StopSignal
-
         args = self.args
         end = min(args.steps, args.stop_at) if args.stop_at else args.steps
         stop = StopSignal().install()
-        bar = tqdm(
-            total=args.steps,
-            initial=self.step,
-            disable=not self.rt.is_main,
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
-        window: dict[str, float] = {}
-        window_steps, window_tokens, window_time = 0, 0, 0.0  # time spent in train steps only
+        bar = progress_bar(args.steps, initial=self.step, disable=not self.rt.is_main)
+        window = Window(self.rt.world_size)
         try:
             if self.step == 0:
                 self._evaluate_and_log()  # the untrained baseline: the curves start at chance
             while self.step < end:
                 started = time.perf_counter()
-                losses = self.train_step()
-                window_time += time.perf_counter() - started
-                for key in ("loss", "mlm_loss", "nsp_loss"):
-                    window[key] = window.get(key, 0.0) + losses[key]
-                window_steps += 1
-                window_tokens += int(losses["tokens"])
-                tokens_per_s = window_tokens * self.rt.world_size / max(window_time, 1e-9)  # all ranks
+                losses, tokens = self.train_step()
+                window.add(losses, tokens, time.perf_counter() - started)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{losses['loss']:.3f}",
                     mlm=f"{losses['mlm_loss']:.3f}",
                     nsp=f"{losses['nsp_loss']:.3f}",
-                    tok_s=f"{tokens_per_s:,.0f}",
+                    tok_s=f"{window.tokens_per_s:,.0f}",
                     refresh=False,
                 )
                 if self.step % args.log_every == 0:
-                    self.log(
+                    self.metrics.write(
                         {
                             "step": self.step,
                             "split": "train",
-                            **{k: v / window_steps for k, v in window.items()},
+                            **window.means(),
                             "lr": self.scheduler.get_last_lr()[0],
-                            "tokens_per_s": tokens_per_s,
+                            "tokens_per_s": window.tokens_per_s,
                             "tokens_seen": self.tokens_seen,
                         }
                     )
-                    window, window_steps, window_tokens, window_time = {}, 0, 0, 0.0
+                    window.reset()
                 if self.step % args.eval_every == 0 or self.step == args.steps:
                     self._evaluate_and_log()
                     self._plot()
@@ -807,7 +611,9 @@ class Trainer:
         self._plot()
         if self.rt.is_main:
             how = "stopped by signal" if stop.received else "done"
-            print(f"{how} at step {self.step}; checkpoint {self.state_path}, model {self.out / 'model.pt'}")
+            print(
+                f"{how} at step {self.step}; checkpoint {self.state_path}, model {self.out / MODEL_FILENAME}"
+            )
             if self.last_valid:
                 print("valid: " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_valid.items()))
         return stop.exit_code if stop.received else 0
@@ -815,7 +621,5 @@ class Trainer:
     def _plot(self) -> None:
         if not self.rt.is_main:
             return
-        from training.plot import plot_run
-
         with contextlib.suppress(CLIError):  # nothing to draw yet
             plot_run(self.out)

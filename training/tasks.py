@@ -8,15 +8,16 @@ of fields, unknown label) is a `CLIError` naming the file and line, never a stac
 from __future__ import annotations
 
 import csv
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import CLIError
-from training.textio import iter_json_objects, iter_lines, open_text
+from training.textio import iter_json_objects, iter_lines, open_text, table_reader
 
 BINARY_SENTIMENT = ["negative", "positive"]  # NSMC and SST-2: 0 = negative, 1 = positive
-TASKS = ("nsmc", "sst2", "csv")
+TASK_FORMATS = ("nsmc", "sst2", "csv")  # --task: the file format of the labelled data
 
 
 @dataclass
@@ -44,8 +45,6 @@ def split_dev(data: LabeledTexts, fraction: float, seed: int = 0) -> tuple[Label
     The same file, fraction and seed always give the same split, so every run of a study (and the
     in-domain pretraining text, which must leave the dev rows out) agrees on which rows are dev.
     """
-    import random
-
     if not 0 < fraction < 1:
         raise CLIError(f"the dev fraction must be between 0 and 1, got {fraction}")
     n_dev = max(1, round(len(data) * fraction))
@@ -151,7 +150,7 @@ def _table_rows(path: Path, text_column: str, label_column: str) -> Iterator[tup
         return
     with open_text(path) as f:
         try:
-            reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")
+            reader = table_reader(f, fmt)
             header = next(reader, None)
             if header is None:
                 raise CLIError(f"{path}: empty file")
@@ -225,7 +224,7 @@ def read_task(
     elif task == "csv":
         data = read_table(path, text_column, label_column, label_names)
     else:
-        raise CLIError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise CLIError(f"unknown task {task!r}; choose one of {', '.join(TASK_FORMATS)}")
     if not data.texts:
         raise CLIError(f"{path}: no labelled examples")
     if label_names is None and len(data.label_names) < 2:

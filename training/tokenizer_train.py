@@ -9,7 +9,12 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import sentencepiece as spm
+
+from model.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILENAME, Tokenizer
 from training.errors import CLIError
+from training.textio import iter_lines
+from training.tokenizer_stats import compare, markdown_table
 
 
 def reservoir_sample(lines: Iterable[str], size: int, seed: int) -> list[str]:
@@ -42,11 +47,6 @@ def train_tokenizer(
     verbose: bool = False,
 ) -> Path:
     """Train on a sample of the input lines and write out_dir/tokenizer.model atomically; return its path."""
-    import sentencepiece as spm
-
-    from model.tokenizer import MODEL_FILENAME, SPECIAL_TOKENS, Tokenizer
-    from training.textio import iter_lines
-
     sentences = reservoir_sample(iter_lines(inputs), input_sentence_size, seed)
     if not sentences:
         raise CLIError(f"{', '.join(map(str, inputs))}: no text to train on (every line is empty)")
@@ -77,73 +77,12 @@ def train_tokenizer(
         raise CLIError(f"sentencepiece could not train on {len(sentences)} lines: {exc}") from exc
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / MODEL_FILENAME
+    target = out_dir / TOKENIZER_FILENAME
     tmp = target.with_suffix(".model.tmp")
     tmp.write_bytes(model.getvalue())
     os.replace(tmp, target)
     Tokenizer(target)  # fails loudly if the special tokens did not land at their ids
     return target
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    train = sub.add_parser(
-        "train",
-        help="train a SentencePiece tokenizer on text files",
-        description="Train a SentencePiece tokenizer whose ids 0-6 are "
-        "[PAD] [UNK] [BOS] [EOS] [CLS] [SEP] [MASK].",
-    )
-    train.add_argument(
-        "--input",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help="UTF-8 text files (.gz too), one sentence or paragraph per line",
-    )
-    train.add_argument("--out", required=True, metavar="DIR", help="folder that receives tokenizer.model")
-    train.add_argument(
-        "--vocab-size", type=int, default=8000, help="pieces in the vocabulary, specials included"
-    )
-    train.add_argument(
-        "--character-coverage",
-        type=float,
-        default=0.9995,
-        help="share of characters the vocabulary must cover (0.9995 suits Korean and English)",
-    )
-    train.add_argument(
-        "--model-type", choices=["unigram", "bpe"], default="unigram", help="SentencePiece algorithm"
-    )
-    train.add_argument(
-        "--input-sentence-size",
-        type=int,
-        default=2_000_000,
-        help="lines sampled uniformly from the input (keeps memory bounded on large corpora)",
-    )
-    train.add_argument("--seed", type=int, default=0, help="seed of the line sample and of SentencePiece")
-    train.add_argument("--verbose", action="store_true", help="show SentencePiece's training log")
-
-    stats = sub.add_parser(
-        "stats",
-        help="compare tokenizers on texts: pieces per text, [UNK] and single-jamo shares",
-        description="Encode each text file with each tokenizer and print (and optionally write) a table of "
-        "pieces per text, characters per piece, [UNK] share and single-jamo share.",
-    )
-    stats.add_argument(
-        "--tokenizer",
-        nargs="+",
-        required=True,
-        metavar="NAME=PATH",
-        help="tokenizers to compare, each a folder or .model, optionally named (wiki=runs/tok)",
-    )
-    stats.add_argument(
-        "--text",
-        nargs="+",
-        required=True,
-        metavar="NAME=FILE",
-        help="text files (.gz too; a TSV gives its document/sentence/text column), optionally named",
-    )
-    stats.add_argument("--limit", type=int, default=20000, help="texts read from each file (default 20000)")
-    stats.add_argument("--out", metavar="PREFIX", help="also write PREFIX.json and PREFIX.md")
 
 
 def _named(values: Sequence[str]) -> dict[str, str]:
@@ -159,8 +98,6 @@ def _named(values: Sequence[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "stats":
-        from training.tokenizer_stats import compare, markdown_table
-
         for path in _named(args.text).values():
             if not Path(path).is_file():
                 raise CLIError(f"{path}: no such text file")

@@ -30,6 +30,29 @@ async function api(path, body) {
 
 function model() { return $("model").value || undefined; }
 
+// A Korean and an English example per task; the buttons above each form fill it in.
+const EXAMPLES = {
+  "fill-mask": { en: ["The capital of France is [MASK]."], ko: ["대한민국의 수도는 [MASK]이다."] },
+  nsp: { en: ["I went to the store.", "I bought some milk."], ko: ["나는 가게에 갔다.", "우유를 샀다."] },
+  classify: { en: ["A wonderful, moving film."], ko: ["정말 재미있는 영화였다."] },
+  attention: { en: ["The cat sat on the mat because it was tired."], ko: ["고양이가 피곤해서 매트 위에 앉았다."] },
+};
+const EXAMPLE_FIELDS = {
+  "fill-mask": ["fill-mask-text"], nsp: ["nsp-first", "nsp-second"], classify: ["classify-text"],
+  attention: ["attention-text"],
+};
+document.querySelectorAll(".examples").forEach((box) => box.querySelectorAll("button.example").forEach((button) =>
+  button.addEventListener("click", () => {
+    const task = box.dataset.task, values = EXAMPLES[task][button.dataset.language];
+    EXAMPLE_FIELDS[task].forEach((id, i) => { $(id).value = values[i]; });
+  })));
+
+// "answered by MODEL", plus which inputs the model cut to its maximum length.
+function answered(data) {
+  const cut = [].concat(data.truncated ?? []).some(Boolean);
+  return el("div", { class: "answered" }, `answered by ${data.model}` + (cut ? " · the text was cut to the model's maximum length" : ""));
+}
+
 function bar(label, score) {
   return el("div", { class: "bar" },
     el("span", { class: "label", title: label }, label),
@@ -58,7 +81,7 @@ function wire(formId, buttonId, resultId, run) {
 
 wire("fill-mask-form", "fill-mask-run", "fill-mask-result", async (result) => {
   const data = await api("/fill-mask", {
-    inputs: $("fill-mask-text").value, top_k: Number($("fill-mask-topk").value), model: model(),
+    inputs: $("fill-mask-text").value, top_k: Number($("fill-mask-topk").value), model: model(), truncate: true,
   });
   const entry = data.results[0];
   const perMask = Array.isArray(entry[0]) ? entry : [entry];  // one list, or one list per [MASK]
@@ -66,22 +89,23 @@ wire("fill-mask-form", "fill-mask-run", "fill-mask-result", async (result) => {
     el("div", { class: "mask-title" }, perMask.length > 1 ? `[MASK] #${i + 1}` : "[MASK]"),
     el("ol", { class: "predictions" }, ...predictions.map((p) =>
       el("li", { class: "prediction" }, bar(p.token_str, p.score), el("div", { class: "muted" }, p.sequence)))),
-  ]));
+  ]), answered(data));
 });
 
 wire("next-sentence-form", "nsp-run", "nsp-result", async (result) => {
   const data = await api("/next-sentence", {
-    pairs: { first: $("nsp-first").value, second: $("nsp-second").value }, model: model(),
+    pairs: { first: $("nsp-first").value, second: $("nsp-second").value }, model: model(), truncate: true,
   });
   const r = data.results[0];
   result.replaceChildren(
     el("div", { class: "verdict" }, r.is_next ? "B follows A" : "B does not follow A"),
-    bar("P(is next)", r.score));
+    bar("P(is next)", r.score), answered(data));
 });
 
 wire("classify-form", "classify-run", "classify-result", async (result) => {
-  const data = await api("/classify", { inputs: $("classify-text").value, model: model() });
-  result.replaceChildren(...data.results[0].map((x) => Object.assign(bar(x.label, x.score), { className: "bar label-score" })));
+  const data = await api("/classify", { inputs: $("classify-text").value, model: model(), truncate: true });
+  result.replaceChildren(...data.results[0].map((x) => Object.assign(bar(x.label, x.score), { className: "bar label-score" })),
+    answered(data));
 });
 
 // --- attention heatmaps ---------------------------------------------------------------------------
@@ -134,7 +158,7 @@ function selectHead(layer, head) {
 }
 
 wire("attention-form", "attention-run", "attention-result", async () => {
-  attention = await api("/attention", { text: $("attention-text").value, model: model() });
+  attention = await api("/attention", { text: $("attention-text").value, model: model(), truncate: true });
   const grid = $("attention-grid");
   grid.style.gridTemplateColumns = `repeat(${attention.num_heads}, auto)`;
   const figures = [];
@@ -147,23 +171,43 @@ wire("attention-form", "attention-run", "attention-result", async () => {
     figures.push(figure);
   }));
   grid.replaceChildren(...figures);
+  $("attention-answered").replaceChildren(answered(attention));
   selectHead(0, 0);
 });
 
 // --- models -------------------------------------------------------------------------------------------
+const LANGUAGES = { en: "English", ko: "Korean" };
+
+function figures(m) {
+  return Object.entries(m.headline || {}).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ");
+}
+
 async function loadModels() {
   try {
     const data = await api("/v1/models");
     const select = $("model");
-    select.replaceChildren(...data.models.map((m) => el("option", { value: m.name }, m.name)));
-    if (data.default) select.value = data.default;
+    const options = data.models.map((m) =>
+      el("option", { value: m.name }, `${m.name} (${LANGUAGES[m.language] || m.language})`));
+    const auto = data.routing === "language" && data.models.length > 1;
+    if (auto) options.unshift(el("option", { value: "" }, "auto (by language)"));
+    select.replaceChildren(...options);
+    select.value = auto ? "" : (data.default || data.models[0]?.name || "");
     const describe = () => {
       const m = data.models.find((x) => x.name === select.value);
-      if (!m) return;
+      const offers = (task) => (m ? m.tasks.includes(task) : data.models.some((x) => x.tasks.includes(task)));
+      $("classify-unavailable").hidden = offers("classify");
+      $("classify-run").disabled = !offers("classify");
+      $("attention-run").disabled = !offers("attention");
+      if (!m) {
+        $("model-info").textContent = data.models.map((x) => `${x.name}: ${LANGUAGES[x.language] || x.language}`).join(" · ");
+        return;
+      }
       const c = m.config;
       $("model-info").textContent =
-        `${c.num_hidden_layers} layers · hidden ${c.hidden_size} · ${c.num_attention_heads} heads · ` +
-        `vocabulary ${c.vocab_size} · max ${m.max_length} tokens · labels: ${m.labels.join(", ")}`;
+        `${LANGUAGES[m.language] || m.language} · ${c.num_hidden_layers} layers · hidden ${c.hidden_size} · ` +
+        `${c.num_attention_heads} heads · vocabulary ${c.vocab_size} · max ${m.max_length} tokens · ` +
+        `tasks: ${m.tasks.join(", ")}` + (m.labels.length ? ` · labels: ${m.labels.join(", ")}` : "") +
+        (figures(m) ? ` · ${figures(m)}` : "");
     };
     select.addEventListener("change", describe);
     describe();

@@ -1,0 +1,160 @@
+"""`pocketbert recipe` end to end on a tiny recipe: every stage runs, a second run skips them all, a
+changed setting re-runs its stage and the stages after it, and the card shows measured figures."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from conftest import generate_corpus
+
+from training.cli import main
+
+_POSITIVE = ["good", "great", "lovely", "wonderful", "fun", "superb", "charming"]
+_NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak", "poor"]
+
+
+def write_task(path: Path, rows: int, seed: int) -> Path:
+    """A sentiment task a tiny model can learn: the label is the polarity of the adjective."""
+    rng = random.Random(seed)
+    lines = ["text\tlabel"]
+    for _ in range(rows):
+        label = rng.randint(0, 1)
+        word = rng.choice(_POSITIVE if label else _NEGATIVE)
+        lines.append(f"the film was {word} and the cast was {rng.choice(_POSITIVE + _NEGATIVE)}.\t{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_data(folder: Path) -> None:
+    generate_corpus(folder / "corpus.txt", documents=80)
+    write_task(folder / "train.tsv", 240, 1)
+    write_task(folder / "test.tsv", 80, 2)
+
+
+def write_recipe(folder: Path, lr: float = 1e-3) -> Path:
+    corpus, train, test = folder / "corpus.txt", folder / "train.tsv", folder / "test.tsv"
+    text = f"""
+name = "tiny-sentiment"
+language = "en"
+workdir = "{folder / "work"}"
+bundle = "{folder / "bundles" / "tiny-sentiment"}"
+
+[corpus]
+files = ["{corpus}"]
+
+[task]
+name = "csv"
+train = "{train}"
+test = "{test}"
+dev_fraction = 0.2
+
+[tokenizer]
+vocab_size = 160
+extra_text = "task"
+
+[prepare]
+max_length = 48
+dupe_factor = 2
+valid_fraction = 0.1
+
+[indomain]
+dupe_factor = 1
+
+[pretrain]
+config = {{ hidden_size = 32, num_hidden_layers = 1, num_attention_heads = 2, intermediate_size = 64 }}
+batch_size = 8
+lr = 1e-3
+warmup = 2
+eval_every = 5
+eval_batches = 2
+phases = [{{ steps = 10, stop_at = 6 }}, {{ steps = 10 }}]
+
+[adapt]
+steps = 4
+batch_size = 8
+lr = 5e-4
+log_every = 2
+
+[finetune]
+seeds = [1]
+epochs = 2
+lr = {lr}
+batch_size = 16
+max_length = 32
+
+[export]
+optimize = false
+quantize = ""
+eval_sentences = 20
+
+[card]
+fill_mask = ["the cat [MASK] the park."]
+attention_text = "the cat sees a book"
+anchors = [["a published model", "90.0", "for comparison"]]
+"""
+    path = folder / "tiny.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_data(tmp_path)
+    recipe = write_recipe(tmp_path)
+    assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "tokenizer          run" in plan and "card               run" in plan
+    assert not (tmp_path / "work").exists()  # a dry run runs nothing
+
+    assert main(["recipe", str(recipe), "--threads", "1"]) == 0
+    first = capsys.readouterr().out
+    bundle = tmp_path / "bundles" / "tiny-sentiment"
+    card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    data = json.loads((bundle / "card.json").read_text(encoding="utf-8"))
+    # the card's figures are the run's own files
+    results = json.loads((tmp_path / "work" / "finetune" / "results.json").read_text())
+    assert data["finetune"]["test_acc_mean"] == results["test_acc_mean"]
+    assert f"{100 * results['test_acc_mean']:.2f} ± " in card
+    assert card.startswith("---\nlanguage: en\n") and "model-index:" in card
+    assert "TF-IDF" in card and "same recipe, no pretraining" in card and "a published model" in card
+    assert data["pretraining"]["step"] == 10 and data["adapt"]["tokens_seen"] > 0
+    assert [row["ranks"] for row in data["mlm_by_frequency"]][0] == "1-100"
+    assert (
+        data["fill_mask"][0]["text"] == "the cat [MASK] the park."
+        and len(data["fill_mask"][0]["predictions"]) == 5
+    )
+    for png in ("training_curves.png", "attention.png"):
+        assert (bundle / png).stat().st_size > 5000
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["language"] == "en" and manifest["card"]["test_accuracy_mean"] == results["test_acc_mean"]
+    commands = (tmp_path / "work" / "commands.log").read_text()
+    assert "pocketbert pretrain" in commands and "--stop-at 6" in commands and "bench/baseline.py" in commands
+    assert first.count("$ pocketbert pretrain") == 3  # two phases + the continued pretraining
+
+    # again: nothing to do
+    assert main(["recipe", str(recipe), "--threads", "1"]) == 0
+    again = capsys.readouterr().out
+    assert "$ pocketbert" not in again and again.count("skipped") == 11
+
+    # a new fine-tuning lr: fine-tuning, export and the card run again; pretraining does not
+    write_recipe(tmp_path, lr=2e-3)
+    assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "pretrain           done" in plan and "finetune           run" not in plan
+    assert "finetune           resume" in plan and "export             resume" in plan
+    assert "finetune-scratch   resume" in plan  # its lr is the recipe's lr too
+
+
+def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["recipe", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml: no such recipe file" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    assert main(["recipe", str(bad)]) == 2
+    assert "bad.toml: not valid TOML" in capsys.readouterr().err
+    (tmp_path / "partial.toml").write_text('name = "x"\nworkdir = "w"\nbundle = "b"\n')
+    assert main(["recipe", str(tmp_path / "partial.toml")]) == 2
+    assert "missing [corpus]" in capsys.readouterr().err

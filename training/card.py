@@ -1,0 +1,493 @@
+"""The model card: measure what the card shows, then write MODEL_CARD.md beside the bundle.
+
+`build_card` is the recipe's last stage. It copies the exported bundle to its home (e.g. bundles/ko-nsmc),
+measures the figures that are not already in the run folders (tokenizer table, MLM accuracy by token
+frequency, fill-mask examples, attention heatmaps, training curves), gathers the ones that are (validation
+MLM / NSP, fine-tuning over seeds, the scratch ablation, the TF-IDF line, INT8 against fp32, compute),
+and renders the card in Hugging Face's model-card form (YAML front matter with a model-index), so the
+`export-hf` folder can carry it too. Every number in the card is read from a file a command wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "MODEL_CARD.md"
+CARD_DATA_FILE = "card.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# gathering
+# --------------------------------------------------------------------------------------------------
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _metric_rows(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def training_hours(run_dir: Path) -> dict[str, float]:
+    """Tokens seen and hours spent in training steps, from the train rows of a run's metrics.jsonl.
+
+    Each row reports the window's throughput; the tokens between two rows divided by it is the window's
+    time, so the sum is the measured compute (evaluation and checkpoint writes excluded).
+    """
+    seconds, previous, tokens = 0.0, 0, 0
+    for row in _metric_rows(run_dir / "metrics.jsonl"):
+        if row.get("split") != "train" or "tokens_seen" not in row or not row.get("tokens_per_s"):
+            continue
+        delta = row["tokens_seen"] - previous
+        if delta > 0:
+            seconds += delta / row["tokens_per_s"]
+        previous = tokens = row["tokens_seen"]
+    return {"tokens_seen": tokens, "hours": round(seconds / 3600, 2)}
+
+
+def finetune_summary(results: dict[str, Any] | None) -> dict[str, Any] | None:
+    if results is None:
+        return None
+    keys = (
+        "dev_acc_mean",
+        "dev_acc_std",
+        "test_acc_mean",
+        "test_acc_std",
+        "failed_runs",
+        "runs",
+        "majority_test_acc",
+        "hyperparameters",
+        "examples",
+    )
+    seeds = [
+        {k: s[k] for k in ("seed", "best_dev_acc", "test_acc", "best_epoch", "seconds")}
+        for s in results["seeds"]
+    ]
+    return {
+        **{k: results.get(k) for k in keys},
+        "seeds": seeds,
+        "hours": round(sum(s["seconds"] for s in results["seeds"]) / 3600, 2),
+    }
+
+
+def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> dict[str, Any]:
+    """Every figure of the card, measured now or read from the run folders; also written to card.json."""
+    import torch
+
+    from model.checkpoint import load_model
+    from model.engine import Engine
+    from training.figures import (
+        attention_heatmaps,
+        fill_mask_examples,
+        mlm_accuracy_by_frequency,
+        training_curves,
+    )
+    from training.tokenizer_stats import compare
+
+    torch.set_num_threads(threads)
+    card = recipe.get("card", {})
+    task = recipe["task"]
+    pretrained_from = recipe.get("export", {}).get("pretrained_from", "pretrain")
+    pretrained, pre_meta = load_model(work / pretrained_from / "model.pt")
+    engine = Engine.load(target, intra_op_threads=threads)
+    manifest = json.loads((target / "bundle.json").read_text(encoding="utf-8"))
+
+    tokenizers = {
+        "shipped": work / "tokenizer",
+        **{k: Path(v).expanduser() for k, v in card.get("compare_tokenizers", {}).items()},
+    }
+    tokenizers = {k: v for k, v in tokenizers.items() if v.exists()}
+    texts = {
+        f"{task['name']} train": task["train"],
+        f"{task['name']} test": task["test"],
+        "wikipedia (held-out articles)": work / "eval-sentences.txt",
+    }
+    tokenizer_rows = [vars(r) for r in compare(tokenizers, texts, limit=20_000)]
+
+    pretrain_runs = [("pretraining", work / "pretrain")]
+    if (work / "adapt").is_dir():
+        pretrain_runs.append(("continued (corpus + in-domain)", work / "adapt"))
+    training_curves(
+        pretrain_runs,
+        [("pretrained", work / "finetune"), ("scratch", work / "finetune-scratch")],
+        target / "training_curves.png",
+    )
+    attention = attention_heatmaps(engine, card.get("attention_text", "[MASK]"), target / "attention.png")
+
+    data: dict[str, Any] = {
+        "name": recipe["name"],
+        "language": recipe.get("language"),
+        "tokenizer": tokenizer_rows,
+        "pretraining": {
+            "valid": pre_meta.get("valid"),
+            "step": pre_meta.get("step"),
+            "from": pretrained_from,
+            **training_hours(work / "pretrain"),
+        },
+        "adapt": (
+            {
+                "valid": load_model(work / "adapt" / "model.pt")[1].get("valid"),
+                **training_hours(work / "adapt"),
+            }
+            if (work / "adapt" / "model.pt").is_file()
+            else None
+        ),
+        "mlm_by_frequency": mlm_accuracy_by_frequency(pretrained, work / "data"),
+        "fill_mask": fill_mask_examples(engine, card.get("fill_mask", [])),
+        "attention": attention,
+        "finetune": finetune_summary(_json(work / "finetune" / "results.json")),
+        "scratch": finetune_summary(_json(work / "finetune-scratch" / "results.json")),
+        "baseline": _json(work / "baseline.json"),
+        "study": _json(work / "study.json"),
+        "export": {
+            "checks": manifest.get("checks"),
+            "export": manifest.get("export"),
+            "size_mb": round(sum(f.stat().st_size for f in target.iterdir() if f.suffix == ".onnx") / 1e6, 2),
+        },
+        "compute": card.get("compute", "CPU"),
+        "extra_tests": [_extra_test(engine, test) for test in task.get("extra_tests", [])],
+    }
+    (target / CARD_DATA_FILE).write_text(
+        json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return data
+
+
+def _extra_test(engine, test: dict[str, Any]) -> dict[str, Any]:
+    """The shipped classifier on another labelled set (e.g. out of domain), as the API would answer."""
+    from training.figures import bundle_accuracy
+    from training.tasks import read_task
+
+    data = read_task(
+        test["task"],
+        Path(test["path"]).expanduser(),
+        None,
+        test.get("text_column", "text"),
+        test.get("label_column", "label"),
+    )
+    return {"name": test["name"], **bundle_accuracy(engine, data.texts, data.labels)}
+
+
+# --------------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------------
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _mean_std(summary: dict[str, Any] | None, key: str = "test_acc") -> str:
+    if not summary or summary.get(f"{key}_mean") is None:
+        return "-"
+    return f"{100 * summary[f'{key}_mean']:.2f} ± {100 * (summary.get(f'{key}_std') or 0):.2f}"
+
+
+def front_matter(recipe: dict[str, Any], data: dict[str, Any]) -> str:
+    card, task = recipe.get("card", {}), recipe["task"]
+    ft = data.get("finetune") or {}
+    valid = (data.get("pretraining") or {}).get("valid") or {}
+    lines = [
+        "---",
+        f"language: {recipe.get('language', 'und')}",
+        f"license: {card.get('license', 'apache-2.0')}",
+        "library_name: pocketbert",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "  - bert",
+        "  - onnx",
+        "  - fill-mask",
+        "  - text-classification",
+        "datasets:",
+    ]
+    lines += [f"  - {d}" for d in card.get("datasets", [])]
+    lines += ["metrics:", "  - accuracy", "model-index:", f"  - name: {recipe['name']}", "    results:"]
+    if ft.get("test_acc_mean") is not None:
+        lines += [
+            "      - task:",
+            "          type: text-classification",
+            "          name: Sentiment classification",
+            "        dataset:",
+            f"          type: {card.get('task_dataset', task['name'])}",
+            f"          name: {card.get('task_dataset_name', task['name'])}",
+            f"          split: {card.get('task_split', 'test')}",
+            "        metrics:",
+            "          - type: accuracy",
+            f"            value: {ft['test_acc_mean']:.4f}",
+            f"            name: accuracy (mean of {ft.get('runs')} seeds)",
+        ]
+    if valid:
+        lines += [
+            "      - task:",
+            "          type: fill-mask",
+            "          name: Masked language modelling",
+            "        dataset:",
+            f"          type: {card.get('corpus_dataset', 'wikipedia')}",
+            f"          name: {card.get('corpus_name', 'Wikipedia')} (held-out articles)",
+            "          split: validation",
+            "        metrics:",
+            "          - type: accuracy",
+            f"            value: {valid['mlm_acc']:.4f}",
+            "            name: MLM accuracy",
+            "          - type: accuracy",
+            f"            value: {valid['nsp_acc']:.4f}",
+            "            name: NSP accuracy",
+        ]
+    return "\n".join(lines + ["---", ""])
+
+
+def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
+    """MODEL_CARD.md from the recipe's [card] texts and the measured figures."""
+    card, task = recipe.get("card", {}), recipe["task"]
+    pre, ft, scratch, base = (
+        data["pretraining"],
+        data.get("finetune"),
+        data.get("scratch"),
+        data.get("baseline"),
+    )
+    valid = pre.get("valid") or {}
+    out = [front_matter(recipe, data), f"# {recipe['name']}: {card.get('title', '')}".rstrip(": "), ""]
+    out += [card.get("summary", "").strip(), ""]
+
+    out += ["## Results", "", f"| model | {task['name']} test accuracy | notes |", "|---|---|---|"]
+    if ft:
+        out.append(
+            f"| **{recipe['name']}** (this model, {data['export']['size_mb']:.1f} MB INT8 bundle) | "
+            f"**{_mean_std(ft)}** | mean ± std over {ft['runs']} seeds, {ft['failed_runs']} failed |"
+        )
+    if scratch:
+        out.append(
+            f"| same recipe, no pretraining (`--init scratch`) | {_mean_std(scratch)} | "
+            f"{scratch['runs']} seeds |"
+        )
+    if base:
+        out.append(
+            f"| TF-IDF word 1-2 + char 1-4 grams, logistic regression (`bench/baseline.py`) | "
+            f"{_pct(base['test_acc'], 2)} | same train/dev split |"
+        )
+    for name, value, note in card.get("anchors", []):
+        out.append(f"| {name} | {value} | {note} |")
+    out.append("")
+    for extra in data.get("extra_tests", []):
+        out += [
+            f"On **{extra['name']}** ({extra['examples']:,} texts) the shipped bundle scores "
+            f"**{_pct(extra['accuracy'], 2)}%**; {extra['truncated']:,} of the texts were longer than "
+            f"{extra['max_length']} pieces and kept only their start.",
+            "",
+        ]
+    if ft and base:
+        margin = 100 * (ft["test_acc_mean"] - base["test_acc"])
+        verdict = "above" if margin > 0 else "below"
+        out += [
+            f"The model is {abs(margin):.2f} points {verdict} the TF-IDF line"
+            + (
+                f" and {100 * (ft['test_acc_mean'] - scratch['test_acc_mean']):+.2f} points over the "
+                "same recipe without pretraining."
+                if scratch
+                else "."
+            ),
+            "",
+        ]
+
+    out += [
+        "## Pretraining",
+        "",
+        card.get("pretraining_text", "").strip(),
+        "",
+        "| validation (held-out articles) | value |",
+        "|---|---|",
+        f"| MLM accuracy | {_pct(valid.get('mlm_acc'))}% |",
+        f"| NSP accuracy | {_pct(valid.get('nsp_acc'))}% |",
+        f"| MLM loss | {valid.get('mlm_loss', float('nan')):.3f} |",
+        f"| step | {pre.get('step')} |",
+        f"| tokens seen | {pre.get('tokens_seen', 0) / 1e6:.1f}M |",
+        "",
+    ]
+    if data.get("adapt"):
+        a = data["adapt"]
+        out += [
+            f"Continued pretraining on the corpus mixed with the task's training texts: "
+            f"{a['tokens_seen'] / 1e6:.1f}M more tokens; validation MLM "
+            f"{_pct((a['valid'] or {}).get('mlm_acc'))}%, NSP {_pct((a['valid'] or {}).get('nsp_acc'))}% "
+            "on the same held-out articles.",
+            "",
+        ]
+    out += [
+        "![training curves](training_curves.png)",
+        "",
+        "MLM accuracy by how frequent the masked piece is "
+        "(rank among the ordinary pieces in the training data):",
+        "",
+        "| frequency rank | share of the text | masked pieces scored | accuracy |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['ranks']} | {_pct(r['share_of_text'])}% | {r['masked']:,} | {_pct(r['accuracy'])}% |"
+        for r in data["mlm_by_frequency"]
+    ]
+    out += ["", "### Fill-mask examples (the shipped INT8 bundle)", "", "| input | top 5 |", "|---|---|"]
+    out += [
+        f"| {r['text']} | " + ", ".join(f"{p['token']} ({p['score']:.2f})" for p in r["predictions"]) + " |"
+        for r in data["fill_mask"]
+    ]
+    out += [
+        "",
+        f'### Attention, layer by head, for "{data["attention"]["text"]}"',
+        "",
+        "![attention heatmaps](attention.png)",
+        "",
+    ]
+
+    out += ["## Fine-tuning", "", card.get("finetune_text", "").strip(), ""]
+    for label, summary in (("pretrained", ft), ("scratch", scratch)):
+        if not summary:
+            continue
+        hp = summary["hyperparameters"]
+        out += [
+            f"**{label}** (lr {hp['lr']}, {hp['epochs']} epochs, batch {hp['batch_size']}, max length "
+            f"{hp['max_length']}, dropout {hp.get('dropout')}):",
+            "",
+            "| seed | dev accuracy | test accuracy | best epoch |",
+            "|---|---|---|---|",
+        ]
+        out += [
+            f"| {s['seed']} | {_pct(s['best_dev_acc'], 2)} | {_pct(s['test_acc'], 2)} | {s['best_epoch']} |"
+            for s in summary["seeds"]
+        ]
+        out += [f"| mean ± std | {_mean_std(summary, 'dev_acc')} | {_mean_std(summary)} | |", ""]
+
+    checks = data["export"].get("checks") or {}
+    out += ["## The bundle: INT8 against fp32", "", "| check | value |", "|---|---|"]
+    for key, value in _flatten(checks).items():
+        out.append(f"| {key} | {value} |")
+    out.append("")
+
+    out += [
+        "## Tokenizer",
+        "",
+        card.get("tokenizer_text", "").strip(),
+        "",
+        "| tokenizer | text | texts | pieces per text | chars per piece | [UNK] | single jamo |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['tokenizer']} | {r['text']} | {r['texts']:,} | {r['pieces_per_text']:.2f} | "
+        f"{r['chars_per_piece']:.2f} | {100 * r['unk_share']:.3f}% | {100 * r['single_jamo_share']:.2f}% |"
+        for r in data["tokenizer"]
+    ]
+    out.append("")
+
+    if data.get("study"):
+        out += [
+            "## The recipe study",
+            "",
+            card.get("study_text", "").strip(),
+            "",
+            "| arm | what changes | MLM acc | NSP acc | probe dev acc |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {a['arm']} | {a.get('description', '')} | {_pct(a.get('mlm_acc'))} | "
+            f"{_pct(a.get('nsp_acc'))} | {_pct(a.get('probe_dev_acc'), 2)} |"
+            for a in data["study"]["arms"]
+        ]
+        out.append("")
+
+    hours = pre.get("hours", 0) + (data.get("adapt") or {}).get("hours", 0)
+    ft_hours = sum((s or {}).get("hours", 0) for s in (ft, scratch))
+    out += [
+        "## Recipe and compute",
+        "",
+        card.get("recipe_text", "").strip(),
+        "",
+        f"Compute: {data['compute']}. Pretraining {hours:.1f} h of training steps "
+        f"({pre.get('tokens_seen', 0) / 1e6:.0f}M tokens"
+        + (
+            f" + {(data['adapt'] or {}).get('tokens_seen', 0) / 1e6:.0f}M continued"
+            if data.get("adapt")
+            else ""
+        )
+        + f"); fine-tuning {ft_hours:.1f} h for all seeds, pretrained and scratch.",
+        "",
+        f"Reproduce everything: `pocketbert recipe {recipe['_path']}` (the exact commands it ran are in the "
+        "work folder's `commands.log`).",
+        "",
+    ]
+    out += [
+        "## Data and licenses",
+        "",
+        card.get("data_text", "").strip(),
+        "",
+        "## Limits",
+        "",
+        card.get("limits_text", "").strip(),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, float):
+        value = round(value, 4)
+    return {prefix: value}
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------------------
+def publish_bundle(source: Path, target: Path) -> None:
+    """Copy the exported bundle to its home, replacing an older copy only once the new one is complete."""
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    for path in [staging, *staging.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+
+
+def headline(data: dict[str, Any]) -> dict[str, Any]:
+    """The few figures /v1/models shows for this model (written into bundle.json)."""
+    ft, base = data.get("finetune") or {}, data.get("baseline") or {}
+    valid = (data.get("pretraining") or {}).get("valid") or {}
+    return {
+        "test_accuracy_mean": ft.get("test_acc_mean"),
+        "test_accuracy_std": ft.get("test_acc_std"),
+        "seeds": ft.get("runs"),
+        "scratch_test_accuracy_mean": (data.get("scratch") or {}).get("test_acc_mean"),
+        "tfidf_test_accuracy": base.get("test_acc"),
+        "mlm_accuracy": valid.get("mlm_acc"),
+        "nsp_accuracy": valid.get("nsp_acc"),
+    }
+
+
+def build_card(recipe: dict[str, Any], work: Path, target: Path, threads: int = 1) -> Path:
+    source = work / recipe["name"]
+    publish_bundle(source, target)
+    data = measure(recipe, work, target, threads)
+    (target / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
+    manifest_path = target / "bundle.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest.update(language=recipe.get("language"), card=headline(data))
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {target / CARD_FILE} and its figures; bundle {target}")
+    return target / CARD_FILE

@@ -1,0 +1,1064 @@
+"""`pocketbert recipe FILE.toml`: one command from raw text to a served bundle with its model card.
+
+A recipe file names the data and every setting; this module turns it into stages, each an ordinary
+`pocketbert` command (printed before it runs, and appended to WORKDIR/commands.log, so every figure
+of the card can be traced to the command that made it):
+
+    tokenizer -> indomain-text -> prepare -> prepare-indomain -> pretrain (phases) -> adapt
+      -> finetune -> finetune-scratch -> baseline -> export -> card
+
+A stage is skipped when its outputs exist and its stamp (WORKDIR/.stamps/STAGE.json) records the same
+fingerprint: a hash of the stage's settings and of its inputs (data files by size and mtime, earlier
+stages by their own fingerprints), so changing a setting re-runs that stage and everything after it.
+A stage interrupted half-way is simply run again: pretraining and fine-tuning resume from their
+checkpoints, the other stages are short and write their outputs atomically.
+
+`--dry-run` prints the plan (stage, state, estimated time) and runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.errors import CLIError
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ scripts are run from here
+STAMPS = ".stamps"
+
+# Rough CPU throughputs (tokens/s per thread) of the default 3-layer/256 model, measured on a 2-core
+# AVX2 machine; the dry run scales them by --threads. Only for the plan's time estimates.
+PRETRAIN_TOKENS_PER_S_PER_THREAD = 2_900
+FINETUNE_TOKENS_PER_S_PER_THREAD = 3_200
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe file
+# --------------------------------------------------------------------------------------------------
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Parse the TOML file; paths inside it are relative to the directory the command runs in."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"{path}: no such recipe file")
+    try:
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CLIError(f"{path}: not valid TOML ({exc})") from exc
+    for key in (
+        "name",
+        "workdir",
+        "bundle",
+        "corpus",
+        "task",
+        "tokenizer",
+        "prepare",
+        "pretrain",
+        "finetune",
+    ):
+        if key not in recipe:
+            raise CLIError(
+                f"{path}: missing [{key}]"
+                if key not in ("name", "workdir", "bundle")
+                else f"{path}: missing the top-level key '{key}'"
+            )
+    recipe["_path"] = str(path)
+    return recipe
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """What a data file's fingerprint depends on: its name, size and modification time (not a full hash:
+    the corpora are hundreds of MB and are never edited in place)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CLIError(f"{path}: no such file (named by the recipe)")
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+
+
+def fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """One step of the recipe: what it depends on, what it writes, how to run it and roughly how long."""
+
+    name: str
+    inputs: dict[str, Any]  # settings + input identities; hashed into the fingerprint
+    outputs: list[Path]
+    run: Callable[[], None]
+    estimate_s: float = 0.0
+    after: list[str] = field(default_factory=list)  # earlier stages whose fingerprints feed this one
+    complete: Callable[[], bool] | None = None  # extra "is it finished" test (e.g. pretraining's step)
+    # Without a stamp (outputs made by hand, or by an earlier version): do the outputs match the settings?
+    adopt: Callable[[], bool] | None = None
+    fingerprint: str = ""
+
+
+class Runner:
+    """Builds the stages of a recipe and runs them in order, skipping the ones already done."""
+
+    def __init__(self, recipe: dict[str, Any], workdir: Path, threads: int, study: bool = False) -> None:
+        self.recipe = recipe
+        self.work = workdir
+        self.threads = threads
+        self.study = study
+        self.stamps = workdir / STAMPS
+        self.stages: list[Stage] = []
+        self._build()
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        return self.work.joinpath(*parts)
+
+    def command(self, *argv: str) -> None:
+        """Run one `pocketbert` command in this process, echoing it and logging it to commands.log."""
+        from training.cli import main
+
+        line = "pocketbert " + " ".join(shlex.quote(str(a)) for a in argv)
+        print(f"\n$ {line}", flush=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        with open(self.path("commands.log"), "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
+        code = main([str(a) for a in argv])
+        if code != 0:
+            raise CLIError(f"stage command failed with exit code {code}: {line}")
+
+    def script(self, *argv: str) -> None:
+        """Run a script of the checkout (bench/...) with this interpreter, echoed and logged the same way."""
+        line = " ".join(shlex.quote(str(a)) for a in argv)
+        print(f"\n$ python {line}", flush=True)
+        with open(self.path("commands.log"), "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  python {line}\n")
+        subprocess.run([sys.executable, *map(str, argv)], cwd=Path.cwd(), check=True)
+
+    def add(self, stage: Stage) -> None:
+        upstream = {name: self._stage(name).fingerprint for name in stage.after}
+        stage.fingerprint = fingerprint({"stage": stage.name, "inputs": stage.inputs, "after": upstream})
+        self.stages.append(stage)
+
+    def _stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def stamp_path(self, stage: Stage) -> Path:
+        return self.stamps / f"{stage.name}.json"
+
+    def is_done(self, stage: Stage) -> bool:
+        """Outputs present, finished, and either stamped with this fingerprint or verified to match."""
+        if not all(p.exists() for p in stage.outputs):
+            return False
+        if stage.complete is not None and not stage.complete():
+            return False
+        stamp = self.stamp_path(stage)
+        if stamp.is_file():
+            return json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == stage.fingerprint
+        return stage.adopt is not None and stage.adopt()
+
+    def mark_done(self, stage: Stage, seconds: float) -> None:
+        self.stamps.mkdir(parents=True, exist_ok=True)
+        self.stamp_path(stage).write_text(
+            json.dumps(
+                {
+                    "stage": stage.name,
+                    "fingerprint": stage.fingerprint,
+                    "inputs": stage.inputs,
+                    "seconds": round(seconds, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+
+    # --- the stages -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        r = self.recipe
+        corpus = [str(Path(p).expanduser()) for p in r["corpus"]["files"]]
+        task = r["task"]
+        threads = str(self.threads)
+
+        # 1. in-domain text (the task's training texts minus the dev rows, or files of the task's domain),
+        #    one text per line: extra pretraining data, and extra tokenizer text
+        indomain = r.get("indomain", {})
+        indomain_text = self.path("task", "indomain.txt")
+        indomain_files = [str(Path(f).expanduser()) for f in indomain.get("files", [])]
+
+        def run_indomain_text() -> None:
+            n = write_text_lines(indomain_text, indomain_texts(task, indomain))
+            print(f"wrote {indomain_text}: {n} texts")
+
+        self.add(
+            Stage(
+                "indomain-text",
+                {"task": task, "indomain": indomain, "files": [file_identity(f) for f in indomain_files]}
+                | ({} if indomain_files else {"train": file_identity(task["train"])}),
+                [indomain_text],
+                run_indomain_text,
+                estimate_s=30,
+                adopt=lambda: indomain_text.read_bytes() == "".join(indomain_texts(task, indomain)).encode(),
+            )
+        )
+
+        # 2. tokenizer: corpus (+ the task's training texts, or the in-domain text) -> tokenizer.model
+        tok = r["tokenizer"]
+        extra = tok.get("extra_text")  # None, "task" or "indomain"
+        task_text_all = self.path("task", "train_text_all.txt")
+        tok_inputs = list(corpus) + {"task": [str(task_text_all)], "indomain": [str(indomain_text)]}.get(
+            extra, []
+        )
+        tokenizer_dir = self.path("tokenizer")
+
+        def run_tokenizer() -> None:
+            if extra == "task":
+                write_text_lines(task_text_all, task_texts(task, dev_fraction=None))
+            self.command(
+                "tokenizer",
+                "train",
+                "--input",
+                *tok_inputs,
+                "--vocab-size",
+                tok["vocab_size"],
+                "--input-sentence-size",
+                tok.get("input_sentence_size", 2_000_000),
+                "--model-type",
+                tok.get("model_type", "unigram"),
+                "--seed",
+                tok.get("seed", 0),
+                "--out",
+                tokenizer_dir,
+            )
+            check_sha256(tokenizer_dir / "tokenizer.model", tok.get("sha256"))
+
+        self.add(
+            Stage(
+                "tokenizer",
+                {
+                    "settings": tok,
+                    "corpus": [file_identity(p) for p in corpus],
+                    "task_train": file_identity(task["train"]),
+                },
+                [tokenizer_dir / "tokenizer.model"],
+                run_tokenizer,
+                estimate_s=600,
+                after=["indomain-text"] if extra == "indomain" else [],
+                adopt=lambda: (
+                    bool(tok.get("sha256")) and sha256_of(tokenizer_dir / "tokenizer.model") == tok["sha256"]
+                ),
+            )
+        )
+
+        # 3-4. pretraining data: the corpus, and the in-domain text
+        prep = r["prepare"]
+        data_dir, indomain_dir = self.path("data"), self.path("indomain-data")
+        prepare_common = [
+            "--tokenizer",
+            tokenizer_dir,
+            "--max-length",
+            prep["max_length"],
+            "--valid-fraction",
+            prep.get("valid_fraction", 0.01),
+            "--seed",
+            prep.get("seed", 0),
+        ]
+        self.add(
+            Stage(
+                "prepare",
+                {"settings": prep, "corpus": [file_identity(p) for p in corpus]},
+                [data_dir / "index.json"],
+                lambda: self.command(
+                    "prepare",
+                    "--input",
+                    *corpus,
+                    "--format",
+                    r["corpus"].get("format", "lines"),
+                    "--out",
+                    data_dir,
+                    "--dupe-factor",
+                    prep.get("dupe_factor", 1),
+                    *prepare_common,
+                ),
+                estimate_s=60,
+                after=["tokenizer"],
+                adopt=lambda: prepared_matches(
+                    data_dir,
+                    corpus,
+                    prep.get("dupe_factor", 1),
+                    prep,
+                    tokenizer_dir,
+                    r["corpus"].get("format", "lines"),
+                ),
+            )
+        )
+        self.add(
+            Stage(
+                "prepare-indomain",
+                {"settings": indomain, "prepare": prep},
+                [indomain_dir / "index.json"],
+                lambda: self.command(
+                    "prepare",
+                    "--input",
+                    indomain_text,
+                    "--format",
+                    indomain.get("format", "docs"),
+                    "--out",
+                    indomain_dir,
+                    "--dupe-factor",
+                    indomain.get("dupe_factor", 5),
+                    *prepare_common,
+                ),
+                estimate_s=30,
+                after=["tokenizer", "indomain-text"],
+                adopt=lambda: prepared_matches(
+                    indomain_dir,
+                    [str(indomain_text)],
+                    indomain.get("dupe_factor", 5),
+                    prep,
+                    tokenizer_dir,
+                    indomain.get("format", "docs"),
+                ),
+            )
+        )
+
+        # 5. pretraining, in phases (each a --resume of the same run with its own schedule options)
+        self._add_pretrain(data_dir, threads)
+        # 6. continued pretraining on corpus + in-domain text, from the pretrained weights
+        if "adapt" in r:
+            self._add_adapt(data_dir, indomain_dir, threads)
+        # (optional) the recipe study: arms continued from one pretraining step, each probed on the task
+        if self.study and "study" in r:
+            self._add_study(data_dir, indomain_dir, threads)
+        # 7-8. fine-tuning, and the same recipe from random weights (the ablation)
+        self._add_finetune(threads)
+        # 9. the TF-IDF line on the same split
+        baseline_json = self.path("baseline.json")
+        self.add(
+            Stage(
+                "baseline",
+                {"task": task},
+                [baseline_json],
+                lambda: self.script(
+                    ROOT / "bench" / "baseline.py",
+                    "--task",
+                    task["name"],
+                    "--train",
+                    task["train"],
+                    "--dev-fraction",
+                    task["dev_fraction"],
+                    "--test",
+                    task["test"],
+                    "--out",
+                    baseline_json,
+                ),
+                estimate_s=900,
+            )
+        )
+        # 10. export, 11. card
+        self._add_export(threads)
+        self._add_card()
+
+    def _pretrain_options(self, section: dict[str, Any]) -> list[str]:
+        names = (
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "warmup",
+            "weight_decay",
+            "clip",
+            "seed",
+            "mlm_probability",
+            "precision",
+            "dropout",
+        )
+        options: list[str] = []
+        for name in names:
+            if name in section:
+                options += [f"--{name.replace('_', '-')}", str(section[name])]
+        if section.get("whole_word_mask"):
+            options.append("--whole-word-mask")
+        return options
+
+    def _add_pretrain(self, data_dir: Path, threads: str) -> None:
+        pre = self.recipe["pretrain"]
+        out = self.path("pretrain")
+        config_path = self.path("pretrain-config.json")
+        phases = pre.get("phases") or [{"steps": pre["steps"]}]
+        last = phases[-1]
+        final_step = last.get("stop_at", last["steps"])
+        tokens = (
+            final_step * pre["batch_size"] * pre.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
+        )
+
+        def run_pretrain() -> None:
+            from model.config import BertConfig
+
+            BertConfig(vocab_size=self.recipe["tokenizer"]["vocab_size"], **pre.get("config", {})).to_json(
+                config_path
+            )
+            adopt_head_start(pre.get("head_start"), out, self.path("tokenizer", "tokenizer.model"))
+            for phase in phases:
+                end = phase.get("stop_at", phase["steps"])
+                if checkpoint_step(out) >= end:
+                    print(f"pretrain: phase to step {end} already done")
+                    keep_phase_snapshot(out, end)
+                    continue
+                argv = [
+                    "pretrain",
+                    "--data",
+                    data_dir,
+                    *([self.path("indomain-data")] if pre.get("with_indomain") else []),
+                    "--out",
+                    out,
+                    "--config",
+                    config_path,
+                    "--resume",
+                    *self._pretrain_options(pre),
+                    "--steps",
+                    phase["steps"],
+                    "--threads",
+                    threads,
+                    "--eval-every",
+                    pre.get("eval_every", 250),
+                    "--eval-batches",
+                    pre.get("eval_batches", 50),
+                    "--save-every",
+                    pre.get("save_every", 50),
+                    "--log-every",
+                    pre.get("log_every", 10),
+                ]
+                if "stop_at" in phase:
+                    argv += ["--stop-at", phase["stop_at"]]
+                self.command(*argv)
+                keep_phase_snapshot(out, end)
+
+        self.add(
+            Stage(
+                "pretrain",
+                {"settings": pre},
+                [out / "model.pt"],
+                run_pretrain,
+                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * int(threads)),
+                after=["prepare"],
+                complete=lambda: checkpoint_step(out) >= final_step,
+                adopt=lambda: True,  # a run that reached the final step (its phases ran as --resume)
+            )
+        )
+        self._pretrain_tokens_left = lambda: max(0, final_step - checkpoint_step(out)) * tokens / final_step
+
+    def _add_adapt(self, data_dir: Path, indomain_dir: Path, threads: str) -> None:
+        adapt = self.recipe["adapt"]
+        out = self.path("adapt")
+        argv = [
+            "pretrain",
+            "--data",
+            data_dir,
+            indomain_dir,
+            "--out",
+            out,
+            "--init",
+            self.path("pretrain", "model.pt"),
+            "--resume",
+            *self._pretrain_options(adapt),
+            "--steps",
+            adapt["steps"],
+            "--threads",
+            threads,
+            "--eval-every",
+            adapt.get("eval_every", 100),
+            "--eval-batches",
+            adapt.get("eval_batches", 50),
+            "--save-every",
+            adapt.get("save_every", 50),
+            "--log-every",
+            adapt.get("log_every", 10),
+        ]
+        tokens = (
+            adapt["steps"] * adapt["batch_size"] * adapt.get("grad_accum", 1) * 80
+        )  # short reviews mixed in
+        self.add(
+            Stage(
+                "adapt",
+                {"settings": adapt},
+                [out / "model.pt"],
+                lambda: self.command(*argv),
+                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * int(threads)),
+                after=["pretrain", "prepare-indomain"],
+                complete=lambda: checkpoint_step(out) >= adapt["steps"],
+            )
+        )
+
+    def _add_study(self, data_dir: Path, indomain_dir: Path, threads: str) -> None:
+        """Arms that continue the pretraining run from `init_step` for the same number of tokens, each with
+        one setting changed, then a short fine-tuning probe of each (and of the start and of scratch)."""
+        st, task = self.recipe["study"], self.recipe["task"]
+        init = self.path("pretrain", f"step-{st['init_step']}.pt")
+        folder = self.path("study")
+        probe = st["probe"]
+
+        def probe_command(name: str, weights: str | Path) -> None:
+            if (folder / f"probe-{name}" / "results.json").is_file():
+                return
+            self.command(
+                "finetune",
+                "--task",
+                task["name"],
+                "--train",
+                task["train"],
+                "--dev-fraction",
+                task["dev_fraction"],
+                "--limit-train",
+                probe["limit_train"],
+                "--init",
+                weights,
+                "--tokenizer",
+                self.path("tokenizer"),
+                "--out",
+                folder / f"probe-{name}",
+                "--seeds",
+                _seeds(probe["seeds"]),
+                "--epochs",
+                probe["epochs"],
+                "--lr",
+                probe["lr"],
+                "--batch-size",
+                probe.get("batch_size", 32),
+                "--max-length",
+                probe["max_length"],
+                "--dropout",
+                probe.get("dropout", 0.1),
+                "--threads",
+                threads,
+            )
+
+        def run_study() -> None:
+            probe_command(st.get("init_name", "start"), init)
+            for arm in st["arm"]:
+                steps = arm.get("steps", st["steps"])
+                data = [data_dir, indomain_dir] if arm.get("indomain") else [data_dir]
+                if checkpoint_step(folder / arm["name"]) < steps:
+                    self.command(
+                        "pretrain",
+                        "--data",
+                        *data,
+                        "--out",
+                        folder / arm["name"],
+                        "--init",
+                        init,
+                        "--resume",
+                        *self._pretrain_options({**st, **arm.get("options", {})}),
+                        "--steps",
+                        steps,
+                        "--warmup",
+                        steps // 10,
+                        "--threads",
+                        threads,
+                        "--eval-every",
+                        st.get("eval_every", 100),
+                        "--eval-batches",
+                        st.get("eval_batches", 50),
+                        "--save-every",
+                        50,
+                        "--log-every",
+                        10,
+                    )
+                probe_command(arm["name"], folder / arm["name"] / "model.pt")
+            probe_command("scratch", "scratch")
+            write_study_table(st, folder, self.path("study.json"))
+
+        arms_steps = sum(arm.get("steps", st["steps"]) for arm in st["arm"])
+        tokens = (
+            arms_steps * st["batch_size"] * st.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
+        )
+        self.add(
+            Stage(
+                "study",
+                {"settings": st},
+                [self.path("study.json")],
+                run_study,
+                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * int(threads))
+                + 600 * (len(st["arm"]) + 2),
+                after=["pretrain", "prepare-indomain"],
+            )
+        )
+
+    def _add_finetune(self, threads: str) -> None:
+        ft, task = self.recipe["finetune"], self.recipe["task"]
+        init = self.path("adapt" if "adapt" in self.recipe else "pretrain", "model.pt")
+        per_seed = ft["epochs"] * ft.get("train_examples", 150_000) * ft.get("mean_tokens", 24)
+        estimate = per_seed / (FINETUNE_TOKENS_PER_S_PER_THREAD * int(threads))
+        out, scratch = self.path("finetune"), self.path("finetune-scratch")
+        scratch_seeds = ft.get("scratch_seeds", ft["seeds"])
+        self.add(
+            Stage(
+                "finetune",
+                {"settings": ft, "task": task},
+                [out / "results.json", out / "model.pt"],
+                lambda: self.command(
+                    "finetune",
+                    *finetune_options(task, ft, ft["lr"], threads),
+                    "--init",
+                    init,
+                    "--seeds",
+                    _seeds(ft["seeds"]),
+                    "--out",
+                    out,
+                ),
+                estimate_s=estimate * len(ft["seeds"]),
+                after=["adapt" if "adapt" in self.recipe else "pretrain"],
+                adopt=lambda: finetune_matches(out / "results.json", ft, ft["seeds"], ft["lr"], init),
+            )
+        )
+        self.add(
+            Stage(
+                "finetune-scratch",
+                {"settings": ft, "task": task},
+                [scratch / "results.json"],
+                lambda: self.command(
+                    "finetune",
+                    *finetune_options(task, ft, ft.get("scratch_lr", ft["lr"]), threads),
+                    "--init",
+                    "scratch",
+                    "--config",
+                    self.path("pretrain-config.json"),
+                    "--tokenizer",
+                    self.path("tokenizer"),
+                    "--seeds",
+                    _seeds(scratch_seeds),
+                    "--out",
+                    scratch,
+                ),
+                estimate_s=estimate * len(scratch_seeds),
+                after=["tokenizer", "pretrain"],
+                adopt=lambda: finetune_matches(
+                    scratch / "results.json", ft, scratch_seeds, ft.get("scratch_lr", ft["lr"]), "scratch"
+                ),
+            )
+        )
+
+    def _add_export(self, threads: str) -> None:
+        ex, task = self.recipe.get("export", {}), self.recipe["task"]
+        bundle = self.path(self.recipe["name"])  # the bundle's name is its folder's
+        pretrained = self.path(ex.get("pretrained_from", "pretrain"), "model.pt")
+        eval_text = self.path("eval-sentences.txt")
+
+        def run_export() -> None:
+            write_eval_sentences(
+                self.path("data"), self.path("tokenizer"), eval_text, ex.get("eval_sentences", 1000)
+            )
+            argv = [
+                "export",
+                "--pretrained",
+                pretrained,
+                "--classifier",
+                self.path("finetune", "model.pt"),
+                "--tokenizer",
+                self.path("tokenizer"),
+                "--out",
+                bundle,
+                "--overwrite",
+                "--threads",
+                threads,
+                "--eval-text",
+                eval_text,
+                "--eval-dev",
+                task["test"],
+                "--eval-task",
+                task["name"],
+                "--eval-limit",
+                ex.get("eval_limit", 50_000),
+            ]
+            if ex.get("optimize", True):
+                argv.append("--optimize")
+            if ex.get("quantize", "int8"):
+                argv += ["--quantize", ex.get("quantize", "int8")]
+            self.command(*argv)
+
+        self.add(
+            Stage(
+                "export",
+                {"settings": ex},
+                [bundle / "bundle.json"],
+                run_export,
+                estimate_s=300,
+                after=["finetune", "pretrain", "adapt" if "adapt" in self.recipe else "pretrain"],
+            )
+        )
+
+    def _add_card(self) -> None:
+        target = Path(self.recipe["bundle"])
+
+        def run_card() -> None:
+            from training.card import build_card
+
+            build_card(self.recipe, self.work, target, threads=self.threads)
+
+        self.add(
+            Stage(
+                "card",
+                {"card": self.recipe.get("card", {}), "target": str(target)},
+                [target / "MODEL_CARD.md", target / "bundle.json"],
+                run_card,
+                estimate_s=240,
+                after=["export", "finetune-scratch", "baseline"],
+            )
+        )
+
+    # --- running ----------------------------------------------------------------------------------
+    def plan(self) -> list[tuple[Stage, str]]:
+        """Each stage with "done", "run" or "resume"; a stage after one that runs runs too."""
+        states: dict[str, str] = {}
+        for stage in self.stages:
+            upstream_runs = any(states[name] != "done" for name in stage.after)
+            if not upstream_runs and self.is_done(stage):
+                states[stage.name] = "done"
+            else:
+                started = any(p.exists() for p in stage.outputs) or self.path(stage.name).exists()
+                states[stage.name] = "resume" if started else "run"
+        return [(stage, states[stage.name]) for stage in self.stages]
+
+    def print_plan(self) -> None:
+        total = 0.0
+        print(
+            f"recipe {self.recipe['name']} ({self.recipe['_path']}), work folder {self.work}, "
+            f"{self.threads} thread(s)"
+        )
+        print(f"{'stage':<18} {'state':<8} {'estimate':>10}")
+        for stage, state in self.plan():
+            estimate = 0.0 if state == "done" else stage.estimate_s
+            if stage.name == "pretrain" and state != "done":
+                estimate = self._pretrain_tokens_left() / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
+            total += estimate
+            print(f"{stage.name:<18} {state:<8} {_duration(estimate):>10}")
+        print(f"{'total':<18} {'':<8} {_duration(total):>10}  (rough: CPU figures of a 2-core AVX2 machine)")
+
+    def run(self, only: list[str] | None = None) -> None:
+        planned = self.plan()
+        for number, (stage, state) in enumerate(planned, start=1):
+            if only and stage.name not in only:
+                continue
+            header = f"[{number}/{len(planned)}] {stage.name}"
+            if state == "done" and not only:
+                if not self.stamp_path(stage).is_file():
+                    self.mark_done(stage, 0.0)  # verified outputs made outside the recipe: adopted
+                print(f"{header}: done (outputs match the recipe), skipped")
+                continue
+            print(f"\n{header}: {state}", flush=True)
+            started = time.perf_counter()
+            stage.run()
+            self.mark_done(stage, time.perf_counter() - started)
+        print(f"\nrecipe {self.recipe['name']}: every stage done; bundle at {self.recipe['bundle']}")
+
+
+# --------------------------------------------------------------------------------------------------
+# stage helpers
+# --------------------------------------------------------------------------------------------------
+def finetune_options(task: dict[str, Any], ft: dict[str, Any], lr: float, threads: str) -> list[Any]:
+    """The `pocketbert finetune` options a recipe's [task] and [finetune] sections give (lr chosen apart:
+    the scratch ablation may use its own)."""
+    return [
+        "--task",
+        task["name"],
+        "--train",
+        task["train"],
+        "--dev-fraction",
+        task["dev_fraction"],
+        "--test",
+        task["test"],
+        "--epochs",
+        ft["epochs"],
+        "--lr",
+        lr,
+        "--batch-size",
+        ft.get("batch_size", 32),
+        "--max-length",
+        ft["max_length"],
+        "--dropout",
+        ft.get("dropout", 0.1),
+        "--warmup-ratio",
+        ft.get("warmup_ratio", 0.1),
+        "--threads",
+        threads,
+    ]
+
+
+def _seeds(seeds: list[int]) -> str:
+    return ",".join(str(s) for s in seeds)
+
+
+def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{max(1, rest // 60)}m"
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    """The step a run folder's training state has reached (0 without one), read cheaply from model.pt."""
+    from model.checkpoint import read_weights
+
+    for name in ("model.pt",):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                return int(read_weights(path).metadata.get("step", 0))
+            except (ValueError, FileNotFoundError):
+                return 0
+    return 0
+
+
+def keep_phase_snapshot(run_dir: Path, step: int) -> None:
+    """Keep the weights at the end of a pretraining phase (the study's arms start from them)."""
+    snapshot = run_dir / f"step-{step}.pt"
+    if not snapshot.is_file() and (run_dir / "checkpoint.pt").is_file() and checkpoint_step(run_dir) == step:
+        from model.checkpoint import load_model, save_model
+
+        model, metadata = load_model(run_dir / "checkpoint.pt")
+        save_model(snapshot, model, metadata)
+
+
+def write_study_table(study: dict[str, Any], folder: Path, out: Path) -> None:
+    """study.json: per arm its final validation MLM / NSP accuracy and its probe's dev accuracy."""
+    rows = []
+    names = [study.get("init_name", "start"), *[arm["name"] for arm in study["arm"]], "scratch"]
+    for name in names:
+        arm = next((a for a in study["arm"] if a["name"] == name), None)
+        row: dict[str, Any] = {
+            "arm": name,
+            "description": arm.get("description", "")
+            if arm
+            else (
+                "the starting point, no further pretraining"
+                if name != "scratch"
+                else "random weights, no pretraining"
+            ),
+        }
+        metrics = folder / name / "metrics.jsonl"
+        if metrics.is_file():
+            valid = [
+                json.loads(line)
+                for line in metrics.read_text(encoding="utf-8").splitlines()
+                if line.strip() and '"valid"' in line
+            ]
+            if valid:
+                row.update(step=valid[-1]["step"], mlm_acc=valid[-1]["mlm_acc"], nsp_acc=valid[-1]["nsp_acc"])
+        results = folder / f"probe-{name}" / "results.json"
+        if results.is_file():
+            row["probe_dev_acc"] = json.loads(results.read_text(encoding="utf-8"))["dev_acc_mean"]
+        rows.append(row)
+    out.write_text(
+        json.dumps({"settings": {k: v for k, v in study.items() if k != "arm"}, "arms": rows}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
+
+
+def finetune_matches(
+    results_path: Path, ft: dict[str, Any], seeds: list[int], lr: float, init: str | Path
+) -> bool:
+    """Did this results.json come from these seeds, this init and these settings?"""
+    if not results_path.is_file():
+        return False
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    hp = results.get("hyperparameters", {})
+    wanted = {
+        "epochs": ft["epochs"],
+        "lr": lr,
+        "batch_size": ft.get("batch_size", 32),
+        "max_length": ft["max_length"],
+        "dropout": ft.get("dropout", 0.1),
+    }
+    return (
+        [row["seed"] for row in results.get("seeds", [])] == list(seeds)
+        and all(hp.get(key) == value for key, value in wanted.items())
+        and (str(init) == "scratch") == (results.get("init") == "scratch")
+    )
+
+
+def sha256_of(path: Path) -> str | None:
+    from model.tokenizer import file_sha256
+
+    return file_sha256(path) if path.is_file() else None
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    if not (a.is_file() and b.is_file()):
+        return False
+    if a.resolve() == b.resolve():
+        return True
+    return a.stat().st_size == b.stat().st_size and sha256_of(a) == sha256_of(b)
+
+
+def prepared_matches(
+    data_dir: Path,
+    inputs: list[str],
+    dupe_factor: int,
+    prep: dict[str, Any],
+    tokenizer_dir: Path,
+    input_format: str,
+) -> bool:
+    """Was this prepared folder made from these inputs, with these settings and this tokenizer?
+    (index.json records all of it.)"""
+    index_path = data_dir / "index.json"
+    if not index_path.is_file():
+        return False
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    args = index.get("args", {})
+    wanted = {
+        "max_length": prep["max_length"],
+        "dupe_factor": dupe_factor,
+        "input_format": input_format,
+        "valid_fraction": prep.get("valid_fraction", 0.01),
+        "seed": prep.get("seed", 0),
+    }
+    return (
+        all(args.get(key) == value for key, value in wanted.items())
+        and index.get("tokenizer_sha256") == sha256_of(tokenizer_dir / "tokenizer.model")
+        and len(args.get("inputs", [])) == len(inputs)
+        and all(_same_file(a, b) for a, b in zip(args["inputs"], inputs, strict=True))
+    )
+
+
+def check_sha256(path: Path, expected: str | None) -> None:
+    from model.tokenizer import file_sha256
+
+    if expected and file_sha256(path) != expected:
+        print(
+            f"warning: {path} has sha256 {file_sha256(path)}, the recipe recorded {expected}: the later "
+            "stages will not reproduce the recipe's figures exactly"
+        )
+
+
+def adopt_head_start(head_start: str | None, out: Path, tokenizer: Path) -> None:
+    """Copy a head start's training state into an empty run folder when it was made with this tokenizer.
+
+    A head start is a run folder (checkpoint.pt, metrics.jsonl, tokenizer.model) of the same recipe,
+    stopped part-way; the first phase of `pretrain` then resumes it instead of starting at step 0.
+    """
+    from model.tokenizer import file_sha256
+
+    if not head_start or (out / "checkpoint.pt").is_file():
+        return
+    source = Path(head_start).expanduser()
+    if not (source / "checkpoint.pt").is_file():
+        print(f"note: head start {source} not found; pretraining starts at step 0")
+        return
+    if file_sha256(source / "tokenizer.model") != file_sha256(tokenizer):
+        print(f"note: head start {source} used another tokenizer; pretraining starts at step 0")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoint.pt", "metrics.jsonl"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    print(f"adopted the head start {source} (its checkpoint.pt and metrics.jsonl)")
+
+
+def task_texts(task: dict[str, Any], dev_fraction: float | None) -> list[str]:
+    """The texts of the task's training file, one line each; with dev_fraction, the dev rows left out."""
+    from training.tasks import read_task, split_dev
+
+    data = read_task(
+        task["name"], task["train"], None, task.get("text_column", "text"), task.get("label_column", "label")
+    )
+    if dev_fraction is not None:
+        data, _ = split_dev(data, dev_fraction)
+    return [t.replace("\n", " ") + "\n" for t in data.texts]
+
+
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def indomain_texts(task: dict[str, Any], indomain: dict[str, Any]) -> list[str]:
+    """The in-domain pretraining text, one document per line: the [indomain] files (a text column of
+    CSV/TSV files, e.g. IMDB reviews, with `<br />` tags turned into spaces when clean_html is set), or
+    by default the task's training texts without the dev rows that fine-tuning scores on."""
+    if not indomain.get("files"):
+        return task_texts(task, task["dev_fraction"])
+    lines = []
+    for path in indomain["files"]:
+        for text in read_text_column(Path(path).expanduser(), indomain.get("text_column", "text")):
+            if indomain.get("clean_html"):
+                text = _HTML_BREAK.sub(" ", text)
+            lines.append(" ".join(text.split()) + "\n")
+    return lines
+
+
+def read_text_column(path: Path, column: str) -> list[str]:
+    """One column of a CSV (RFC 4180) or TSV file (.gz too) with a header row; empty texts skipped."""
+    import csv
+
+    from training.textio import open_text
+
+    tsv = ".tsv" in path.suffixes
+    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+    with open_text(path) as f:
+        reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=quoting)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise CLIError(f"{path}:1: no column {column!r} in the header {reader.fieldnames}")
+        return [row[column] for row in reader if (row.get(column) or "").strip()]
+
+
+def write_text_lines(out: Path, lines: list[str]) -> int:
+    """Write lines atomically; returns how many."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, out)
+    return len(lines)
+
+
+def write_eval_sentences(data_dir: Path, tokenizer_dir: Path, out: Path, limit: int) -> None:
+    """Held-out sentences for the INT8 fill-mask check: segment A of validation instances, decoded."""
+    import numpy as np
+
+    from model.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(tokenizer_dir)
+    ids = np.load(data_dir / "valid.input_ids.npy", mmap_mode="r")
+    seg_a = np.load(data_dir / "valid.segment_a.npy", mmap_mode="r")
+    sentences = []
+    for row in range(min(len(ids), limit * 2)):
+        text = tokenizer.decode([int(i) for i in ids[row, 1 : int(seg_a[row]) - 1]])
+        if len(text) > 10:
+            sentences.append(" ".join(text.split()))
+        if len(sentences) >= limit:
+            break
+    out.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    workdir = Path(args.workdir or recipe["workdir"]).expanduser()
+    runner = Runner(recipe, workdir, args.threads, study=args.study)
+    names = [s.name for s in runner.stages]
+    for name in args.only or []:
+        if name not in names:
+            raise CLIError(f"--only {name}: no such stage; the stages are {', '.join(names)}")
+    runner.print_plan()
+    if not args.dry_run:
+        runner.run(args.only)
+    return 0
