@@ -11,10 +11,11 @@ and renders the card in Hugging Face's model-card form (YAML front matter with a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from training.publish import staged
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_DATA_FILE = "card.json"
@@ -448,23 +449,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # the stage
 # --------------------------------------------------------------------------------------------------
-def publish_bundle(source: Path, target: Path) -> None:
-    """Copy the exported bundle to its home, replacing an older copy only once the new one is complete."""
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    for path in [staging, *staging.iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-
-
 def headline(data: dict[str, Any]) -> dict[str, Any]:
     """The few figures /v1/models shows for this model (written into bundle.json)."""
     ft, base = data.get("finetune") or {}, data.get("baseline") or {}
@@ -481,13 +465,14 @@ def headline(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_card(recipe: dict[str, Any], work: Path, target: Path, threads: int = 1) -> Path:
-    source = work / recipe["name"]
-    publish_bundle(source, target)
-    data = measure(recipe, work, target, threads)
-    (target / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
-    manifest_path = target / "bundle.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest.update(language=recipe.get("language"), card=headline(data))
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """The exported bundle plus MODEL_CARD.md, card.json and the figures, published at `target` as a whole."""
+    with staged(target, overwrite=True) as staging:
+        shutil.copytree(work / recipe["name"], staging, dirs_exist_ok=True)
+        data = measure(recipe, work, staging, threads)
+        (staging / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
+        manifest_path = staging / "bundle.json"
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest.update(language=recipe.get("language"), card=headline(data))
+        manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {target / CARD_FILE} and its figures; bundle {target}")
     return target / CARD_FILE

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.config import BertConfig
+from training.card import build_card
 from training.errors import CLIError
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ scripts are run from here
@@ -194,41 +196,35 @@ class Runner:
 
     # --- the stages -------------------------------------------------------------------------------
     def _build(self) -> None:
-        r = self.recipe
+        r, task = self.recipe, self.recipe["task"]
         corpus = [str(Path(p).expanduser()) for p in r["corpus"]["files"]]
-        task = r["task"]
-        threads = str(self.threads)
-
-        # 1. in-domain text (the task's training texts minus the dev rows, or files of the task's domain),
-        #    one text per line: extra pretraining data, and extra tokenizer text
-        indomain = r.get("indomain", {})
+        prep, indomain, tok = r["prepare"], r.get("indomain", {}), r["tokenizer"]
+        self.tokenizer_dir = self.path("tokenizer")
+        self.data_dir, self.indomain_dir = self.path("data"), self.path("indomain-data")
         indomain_text = self.path("task", "indomain.txt")
+
+        # 1. in-domain text, one document a line: [indomain] files (e.g. IMDB reviews), or by default
+        #    the task's training texts minus the dev rows fine-tuning scores on
         indomain_files = [str(Path(f).expanduser()) for f in indomain.get("files", [])]
-
-        def run_indomain_text() -> None:
-            n = write_text_lines(indomain_text, indomain_texts(task, indomain))
-            print(f"wrote {indomain_text}: {n} texts")
-
+        sources = [file_identity(f) for f in indomain_files] or [file_identity(task["train"])]
         self.add(
             Stage(
                 "indomain-text",
-                {"task": task, "indomain": indomain, "files": [file_identity(f) for f in indomain_files]}
-                | ({} if indomain_files else {"train": file_identity(task["train"])}),
+                {"task": task, "indomain": indomain, "sources": sources},
                 [indomain_text],
-                run_indomain_text,
+                lambda: print(
+                    f"wrote {write_text_lines(indomain_text, indomain_texts(task, indomain))} texts "
+                    f"to {indomain_text}"
+                ),
                 estimate_s=30,
                 adopt=lambda: indomain_text.read_bytes() == "".join(indomain_texts(task, indomain)).encode(),
             )
         )
 
-        # 2. tokenizer: corpus (+ the task's training texts, or the in-domain text) -> tokenizer.model
-        tok = r["tokenizer"]
+        # 2. tokenizer: the corpus, plus the task's training texts or the in-domain text
         extra = tok.get("extra_text")  # None, "task" or "indomain"
         task_text_all = self.path("task", "train_text_all.txt")
-        tok_inputs = list(corpus) + {"task": [str(task_text_all)], "indomain": [str(indomain_text)]}.get(
-            extra, []
-        )
-        tokenizer_dir = self.path("tokenizer")
+        tok_inputs = corpus + {"task": [str(task_text_all)], "indomain": [str(indomain_text)]}.get(extra, [])
 
         def run_tokenizer() -> None:
             if extra == "task":
@@ -236,121 +232,61 @@ class Runner:
             self.command(
                 "tokenizer",
                 "train",
-                "--input",
-                *tok_inputs,
-                "--vocab-size",
-                tok["vocab_size"],
-                "--input-sentence-size",
-                tok.get("input_sentence_size", 2_000_000),
-                "--model-type",
-                tok.get("model_type", "unigram"),
-                "--seed",
-                tok.get("seed", 0),
-                "--out",
-                tokenizer_dir,
+                *flags(
+                    input=tok_inputs,
+                    vocab_size=tok["vocab_size"],
+                    model_type=tok.get("model_type", "unigram"),
+                    input_sentence_size=tok.get("input_sentence_size", 2_000_000),
+                    seed=tok.get("seed", 0),
+                    out=self.tokenizer_dir,
+                ),
             )
-            check_sha256(tokenizer_dir / "tokenizer.model", tok.get("sha256"))
+            check_sha256(self.tokenizer_dir / "tokenizer.model", tok.get("sha256"))
 
         self.add(
             Stage(
                 "tokenizer",
-                {
-                    "settings": tok,
-                    "corpus": [file_identity(p) for p in corpus],
-                    "task_train": file_identity(task["train"]),
-                },
-                [tokenizer_dir / "tokenizer.model"],
+                {"settings": tok, "corpus": [file_identity(p) for p in corpus], "sources": sources},
+                [self.tokenizer_dir / "tokenizer.model"],
                 run_tokenizer,
                 estimate_s=600,
                 after=["indomain-text"] if extra == "indomain" else [],
                 adopt=lambda: (
-                    bool(tok.get("sha256")) and sha256_of(tokenizer_dir / "tokenizer.model") == tok["sha256"]
+                    bool(tok.get("sha256"))
+                    and sha256_of(self.tokenizer_dir / "tokenizer.model") == tok["sha256"]
                 ),
             )
         )
 
-        # 3-4. pretraining data: the corpus, and the in-domain text
-        prep = r["prepare"]
-        data_dir, indomain_dir = self.path("data"), self.path("indomain-data")
-        prepare_common = [
-            "--tokenizer",
-            tokenizer_dir,
-            "--max-length",
-            prep["max_length"],
-            "--valid-fraction",
-            prep.get("valid_fraction", 0.01),
-            "--seed",
-            prep.get("seed", 0),
-        ]
-        self.add(
-            Stage(
-                "prepare",
-                {"settings": prep, "corpus": [file_identity(p) for p in corpus]},
-                [data_dir / "index.json"],
-                lambda: self.command(
-                    "prepare",
-                    "--input",
-                    *corpus,
-                    "--format",
-                    r["corpus"].get("format", "lines"),
-                    "--out",
-                    data_dir,
-                    "--dupe-factor",
-                    prep.get("dupe_factor", 1),
-                    *prepare_common,
-                ),
-                estimate_s=60,
-                after=["tokenizer"],
-                adopt=lambda: prepared_matches(
-                    data_dir,
-                    corpus,
-                    prep.get("dupe_factor", 1),
-                    prep,
-                    tokenizer_dir,
-                    r["corpus"].get("format", "lines"),
-                ),
-            )
+        # 3-4. pretraining pairs from the corpus, and from the in-domain text
+        self._add_prepare(
+            "prepare",
+            corpus,
+            r["corpus"].get("format", "lines"),
+            prep.get("dupe_factor", 1),
+            self.data_dir,
+            {"corpus": [file_identity(p) for p in corpus]},
+            after=["tokenizer"],
         )
-        self.add(
-            Stage(
-                "prepare-indomain",
-                {"settings": indomain, "prepare": prep},
-                [indomain_dir / "index.json"],
-                lambda: self.command(
-                    "prepare",
-                    "--input",
-                    indomain_text,
-                    "--format",
-                    indomain.get("format", "docs"),
-                    "--out",
-                    indomain_dir,
-                    "--dupe-factor",
-                    indomain.get("dupe_factor", 5),
-                    *prepare_common,
-                ),
-                estimate_s=30,
-                after=["tokenizer", "indomain-text"],
-                adopt=lambda: prepared_matches(
-                    indomain_dir,
-                    [str(indomain_text)],
-                    indomain.get("dupe_factor", 5),
-                    prep,
-                    tokenizer_dir,
-                    indomain.get("format", "docs"),
-                ),
-            )
+        self._add_prepare(
+            "prepare-indomain",
+            [str(indomain_text)],
+            indomain.get("format", "docs"),
+            indomain.get("dupe_factor", 5),
+            self.indomain_dir,
+            {"indomain": indomain},
+            after=["tokenizer", "indomain-text"],
         )
 
-        # 5. pretraining, in phases (each a --resume of the same run with its own schedule options)
-        self._add_pretrain(data_dir, threads)
-        # 6. continued pretraining on corpus + in-domain text, from the pretrained weights
+        # 5. pretraining, in phases; 6. continued pretraining on corpus + in-domain text (optional)
+        self._add_pretrain()
         if "adapt" in r:
-            self._add_adapt(data_dir, indomain_dir, threads)
-        # (optional) the recipe study: arms continued from one pretraining step, each probed on the task
+            self._add_adapt()
+        # the recipe study (only with --study): arms continued from one step, each probed on the task
         if self.study and "study" in r:
-            self._add_study(data_dir, indomain_dir, threads)
-        # 7-8. fine-tuning, and the same recipe from random weights (the ablation)
-        self._add_finetune(threads)
+            self._add_study()
+        # 7-8. fine-tuning over seeds, and the same recipe from random weights (the ablation)
+        self._add_finetune()
         # 9. the TF-IDF line on the same split
         baseline_json = self.path("baseline.json")
         self.add(
@@ -360,25 +296,63 @@ class Runner:
                 [baseline_json],
                 lambda: self.script(
                     ROOT / "bench" / "baseline.py",
-                    "--task",
-                    task["name"],
-                    "--train",
-                    task["train"],
-                    "--dev-fraction",
-                    task["dev_fraction"],
-                    "--test",
-                    task["test"],
-                    "--out",
-                    baseline_json,
+                    *flags(
+                        task=task["name"],
+                        train=task["train"],
+                        dev_fraction=task["dev_fraction"],
+                        test=task["test"],
+                        out=baseline_json,
+                    ),
                 ),
                 estimate_s=900,
+                adopt=lambda: (
+                    json.loads(baseline_json.read_text(encoding="utf-8")).get("task") == task["name"]
+                ),
             )
         )
-        # 10. export, 11. card
-        self._add_export(threads)
+        # 10. export; 11. the card, beside the bundle in its home
+        self._add_export()
         self._add_card()
 
-    def _pretrain_options(self, section: dict[str, Any]) -> list[str]:
+    def _add_prepare(
+        self,
+        name: str,
+        inputs: list[str],
+        input_format: str,
+        dupe_factor: int,
+        out: Path,
+        identity: dict[str, Any],
+        after: list[str],
+    ) -> None:
+        prep = self.recipe["prepare"]
+        self.add(
+            Stage(
+                name,
+                {"settings": prep, "format": input_format, "dupe_factor": dupe_factor, **identity},
+                [out / "index.json"],
+                lambda: self.command(
+                    "prepare",
+                    *flags(
+                        input=inputs,
+                        format=input_format,
+                        out=out,
+                        dupe_factor=dupe_factor,
+                        tokenizer=self.tokenizer_dir,
+                        max_length=prep["max_length"],
+                        valid_fraction=prep.get("valid_fraction", 0.01),
+                        seed=prep.get("seed", 0),
+                    ),
+                ),
+                estimate_s=60,
+                after=after,
+                adopt=lambda: prepared_matches(
+                    out, inputs, dupe_factor, prep, self.tokenizer_dir, input_format
+                ),
+            )
+        )
+
+    def _pretrain_flags(self, section: dict[str, Any], **overrides: Any) -> list[str]:
+        """`pocketbert pretrain` options from a [pretrain] / [adapt] / [study] section."""
         names = (
             "batch_size",
             "grad_accum",
@@ -390,66 +364,36 @@ class Runner:
             "mlm_probability",
             "precision",
             "dropout",
+            "whole_word_mask",
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "log_every",
         )
-        options: list[str] = []
-        for name in names:
-            if name in section:
-                options += [f"--{name.replace('_', '-')}", str(section[name])]
-        if section.get("whole_word_mask"):
-            options.append("--whole-word-mask")
-        return options
+        options = {name: section[name] for name in names if name in section}
+        options.setdefault("save_every", 50)
+        return flags(threads=self.threads, **{**options, **overrides})
 
-    def _add_pretrain(self, data_dir: Path, threads: str) -> None:
+    def _add_pretrain(self) -> None:
         pre = self.recipe["pretrain"]
-        out = self.path("pretrain")
-        config_path = self.path("pretrain-config.json")
+        out, config_path = self.path("pretrain"), self.path("pretrain-config.json")
         phases = pre.get("phases") or [{"steps": pre["steps"]}]
-        last = phases[-1]
-        final_step = last.get("stop_at", last["steps"])
-        tokens = (
-            final_step * pre["batch_size"] * pre.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
-        )
+        final_step = phases[-1].get("stop_at", phases[-1]["steps"])
+        tokens_per_step = pre["batch_size"] * pre.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
+        data = [self.data_dir, *([self.indomain_dir] if pre.get("with_indomain") else [])]
 
         def run_pretrain() -> None:
-            from model.config import BertConfig
-
-            BertConfig(vocab_size=self.recipe["tokenizer"]["vocab_size"], **pre.get("config", {})).to_json(
-                config_path
-            )
-            adopt_head_start(pre.get("head_start"), out, self.path("tokenizer", "tokenizer.model"))
-            for phase in phases:
+            config = BertConfig(vocab_size=self.recipe["tokenizer"]["vocab_size"], **pre.get("config", {}))
+            config.to_json(config_path)
+            adopt_head_start(pre.get("head_start"), out, self.tokenizer_dir / "tokenizer.model")
+            for phase in phases:  # each a --resume of the same run, with its own schedule
                 end = phase.get("stop_at", phase["steps"])
-                if checkpoint_step(out) >= end:
-                    print(f"pretrain: phase to step {end} already done")
-                    keep_phase_snapshot(out, end)
-                    continue
-                argv = [
-                    "pretrain",
-                    "--data",
-                    data_dir,
-                    *([self.path("indomain-data")] if pre.get("with_indomain") else []),
-                    "--out",
-                    out,
-                    "--config",
-                    config_path,
-                    "--resume",
-                    *self._pretrain_options(pre),
-                    "--steps",
-                    phase["steps"],
-                    "--threads",
-                    threads,
-                    "--eval-every",
-                    pre.get("eval_every", 250),
-                    "--eval-batches",
-                    pre.get("eval_batches", 50),
-                    "--save-every",
-                    pre.get("save_every", 50),
-                    "--log-every",
-                    pre.get("log_every", 10),
-                ]
-                if "stop_at" in phase:
-                    argv += ["--stop-at", phase["stop_at"]]
-                self.command(*argv)
+                if checkpoint_step(out) < end:
+                    self.command(
+                        "pretrain",
+                        *flags(data=data, out=out, config=config_path, resume=True),
+                        *self._pretrain_flags(pre, steps=phase["steps"], stop_at=phase.get("stop_at")),
+                    )
                 keep_phase_snapshot(out, end)
 
         self.add(
@@ -458,41 +402,21 @@ class Runner:
                 {"settings": pre},
                 [out / "model.pt"],
                 run_pretrain,
-                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * int(threads)),
-                after=["prepare"],
+                estimate_s=final_step * tokens_per_step / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads),
+                after=["prepare", "prepare-indomain"] if pre.get("with_indomain") else ["prepare"],
                 complete=lambda: checkpoint_step(out) >= final_step,
-                adopt=lambda: True,  # a run that reached the final step (its phases ran as --resume)
+                adopt=lambda: True,  # a run that reached its final step (its phases ran as --resume)
             )
         )
-        self._pretrain_tokens_left = lambda: max(0, final_step - checkpoint_step(out)) * tokens / final_step
+        self._pretrain_seconds_left = lambda: (
+            max(0, final_step - checkpoint_step(out))
+            * tokens_per_step
+            / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
+        )
 
-    def _add_adapt(self, data_dir: Path, indomain_dir: Path, threads: str) -> None:
+    def _add_adapt(self) -> None:
         adapt = self.recipe["adapt"]
         out = self.path("adapt")
-        argv = [
-            "pretrain",
-            "--data",
-            data_dir,
-            indomain_dir,
-            "--out",
-            out,
-            "--init",
-            self.path("pretrain", "model.pt"),
-            "--resume",
-            *self._pretrain_options(adapt),
-            "--steps",
-            adapt["steps"],
-            "--threads",
-            threads,
-            "--eval-every",
-            adapt.get("eval_every", 100),
-            "--eval-batches",
-            adapt.get("eval_batches", 50),
-            "--save-every",
-            adapt.get("save_every", 50),
-            "--log-every",
-            adapt.get("log_every", 10),
-        ]
         tokens = (
             adapt["steps"] * adapt["batch_size"] * adapt.get("grad_accum", 1) * 80
         )  # short reviews mixed in
@@ -501,114 +425,91 @@ class Runner:
                 "adapt",
                 {"settings": adapt},
                 [out / "model.pt"],
-                lambda: self.command(*argv),
-                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * int(threads)),
+                lambda: self.command(
+                    "pretrain",
+                    *flags(
+                        data=[self.data_dir, self.indomain_dir],
+                        out=out,
+                        init=self.path("pretrain", "model.pt"),
+                        resume=True,
+                    ),
+                    *self._pretrain_flags(adapt, steps=adapt["steps"]),
+                ),
+                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads),
                 after=["pretrain", "prepare-indomain"],
                 complete=lambda: checkpoint_step(out) >= adapt["steps"],
             )
         )
 
-    def _add_study(self, data_dir: Path, indomain_dir: Path, threads: str) -> None:
+    def _add_study(self) -> None:
         """Arms that continue the pretraining run from `init_step` for the same number of tokens, each with
         one setting changed, then a short fine-tuning probe of each (and of the start and of scratch)."""
         st, task = self.recipe["study"], self.recipe["task"]
         init = self.path("pretrain", f"step-{st['init_step']}.pt")
-        folder = self.path("study")
-        probe = st["probe"]
+        folder, probe = self.path("study"), st["probe"]
 
-        def probe_command(name: str, weights: str | Path) -> None:
-            if (folder / f"probe-{name}" / "results.json").is_file():
-                return
-            self.command(
-                "finetune",
-                "--task",
-                task["name"],
-                "--train",
-                task["train"],
-                "--dev-fraction",
-                task["dev_fraction"],
-                "--limit-train",
-                probe["limit_train"],
-                "--init",
-                weights,
-                "--tokenizer",
-                self.path("tokenizer"),
-                "--out",
-                folder / f"probe-{name}",
-                "--seeds",
-                _seeds(probe["seeds"]),
-                "--epochs",
-                probe["epochs"],
-                "--lr",
-                probe["lr"],
-                "--batch-size",
-                probe.get("batch_size", 32),
-                "--max-length",
-                probe["max_length"],
-                "--dropout",
-                probe.get("dropout", 0.1),
-                "--threads",
-                threads,
-            )
+        def run_probe(name: str, weights: str | Path) -> None:
+            if not (folder / f"probe-{name}" / "results.json").is_file():
+                self.command(
+                    "finetune",
+                    *flags(
+                        task=task["name"],
+                        train=task["train"],
+                        dev_fraction=task["dev_fraction"],
+                        limit_train=probe["limit_train"],
+                        init=weights,
+                        tokenizer=self.tokenizer_dir,
+                        out=folder / f"probe-{name}",
+                        seeds=_seeds(probe["seeds"]),
+                        epochs=probe["epochs"],
+                        lr=probe["lr"],
+                        batch_size=probe.get("batch_size", 32),
+                        max_length=probe["max_length"],
+                        dropout=probe.get("dropout", 0.1),
+                        threads=self.threads,
+                    ),
+                )
 
         def run_study() -> None:
-            probe_command(st.get("init_name", "start"), init)
+            run_probe(st.get("init_name", "start"), init)
             for arm in st["arm"]:
                 steps = arm.get("steps", st["steps"])
-                data = [data_dir, indomain_dir] if arm.get("indomain") else [data_dir]
+                data = [self.data_dir, self.indomain_dir] if arm.get("indomain") else [self.data_dir]
                 if checkpoint_step(folder / arm["name"]) < steps:
                     self.command(
                         "pretrain",
-                        "--data",
-                        *data,
-                        "--out",
-                        folder / arm["name"],
-                        "--init",
-                        init,
-                        "--resume",
-                        *self._pretrain_options({**st, **arm.get("options", {})}),
-                        "--steps",
-                        steps,
-                        "--warmup",
-                        steps // 10,
-                        "--threads",
-                        threads,
-                        "--eval-every",
-                        st.get("eval_every", 100),
-                        "--eval-batches",
-                        st.get("eval_batches", 50),
-                        "--save-every",
-                        50,
-                        "--log-every",
-                        10,
+                        *flags(data=data, out=folder / arm["name"], init=init, resume=True),
+                        *self._pretrain_flags(
+                            {**st, **arm.get("options", {})}, steps=steps, warmup=steps // 10, log_every=10
+                        ),
                     )
-                probe_command(arm["name"], folder / arm["name"] / "model.pt")
-            probe_command("scratch", "scratch")
+                run_probe(arm["name"], folder / arm["name"] / "model.pt")
+            run_probe("scratch", "scratch")
             write_study_table(st, folder, self.path("study.json"))
 
-        arms_steps = sum(arm.get("steps", st["steps"]) for arm in st["arm"])
-        tokens = (
-            arms_steps * st["batch_size"] * st.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
-        )
+        arm_steps = sum(arm.get("steps", st["steps"]) for arm in st["arm"])
+        tokens = arm_steps * st["batch_size"] * st.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
         self.add(
             Stage(
                 "study",
                 {"settings": st},
                 [self.path("study.json")],
                 run_study,
-                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * int(threads))
+                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
                 + 600 * (len(st["arm"]) + 2),
                 after=["pretrain", "prepare-indomain"],
             )
         )
 
-    def _add_finetune(self, threads: str) -> None:
+    def _add_finetune(self) -> None:
         ft, task = self.recipe["finetune"], self.recipe["task"]
-        init = self.path("adapt" if "adapt" in self.recipe else "pretrain", "model.pt")
+        source = "adapt" if "adapt" in self.recipe else "pretrain"
+        init = self.path(source, "model.pt")
         per_seed = ft["epochs"] * ft.get("train_examples", 150_000) * ft.get("mean_tokens", 24)
-        estimate = per_seed / (FINETUNE_TOKENS_PER_S_PER_THREAD * int(threads))
+        estimate = per_seed / (FINETUNE_TOKENS_PER_S_PER_THREAD * self.threads)
         out, scratch = self.path("finetune"), self.path("finetune-scratch")
-        scratch_seeds = ft.get("scratch_seeds", ft["seeds"])
+        seeds, scratch_seeds = ft["seeds"], ft.get("scratch_seeds", ft["seeds"])
+        scratch_lr = ft.get("scratch_lr", ft["lr"])
         self.add(
             Stage(
                 "finetune",
@@ -616,17 +517,12 @@ class Runner:
                 [out / "results.json", out / "model.pt"],
                 lambda: self.command(
                     "finetune",
-                    *finetune_options(task, ft, ft["lr"], threads),
-                    "--init",
-                    init,
-                    "--seeds",
-                    _seeds(ft["seeds"]),
-                    "--out",
-                    out,
+                    *self._finetune_flags(ft["lr"]),
+                    *flags(init=init, seeds=_seeds(seeds), out=out),
                 ),
-                estimate_s=estimate * len(ft["seeds"]),
-                after=["adapt" if "adapt" in self.recipe else "pretrain"],
-                adopt=lambda: finetune_matches(out / "results.json", ft, ft["seeds"], ft["lr"], init),
+                estimate_s=estimate * len(seeds),
+                after=[source],
+                adopt=lambda: finetune_matches(out / "results.json", ft, seeds, ft["lr"], init),
             )
         )
         self.add(
@@ -636,63 +532,65 @@ class Runner:
                 [scratch / "results.json"],
                 lambda: self.command(
                     "finetune",
-                    *finetune_options(task, ft, ft.get("scratch_lr", ft["lr"]), threads),
-                    "--init",
-                    "scratch",
-                    "--config",
-                    self.path("pretrain-config.json"),
-                    "--tokenizer",
-                    self.path("tokenizer"),
-                    "--seeds",
-                    _seeds(scratch_seeds),
-                    "--out",
-                    scratch,
+                    *self._finetune_flags(scratch_lr),
+                    *flags(
+                        init="scratch",
+                        config=self.path("pretrain-config.json"),
+                        tokenizer=self.tokenizer_dir,
+                        seeds=_seeds(scratch_seeds),
+                        out=scratch,
+                    ),
                 ),
                 estimate_s=estimate * len(scratch_seeds),
                 after=["tokenizer", "pretrain"],
                 adopt=lambda: finetune_matches(
-                    scratch / "results.json", ft, scratch_seeds, ft.get("scratch_lr", ft["lr"]), "scratch"
+                    scratch / "results.json", ft, scratch_seeds, scratch_lr, "scratch"
                 ),
             )
         )
 
-    def _add_export(self, threads: str) -> None:
+    def _finetune_flags(self, lr: float) -> list[str]:
+        """The `pocketbert finetune` options of [task] and [finetune] (lr apart: the ablation may differ)."""
+        ft, task = self.recipe["finetune"], self.recipe["task"]
+        return flags(
+            task=task["name"],
+            train=task["train"],
+            dev_fraction=task["dev_fraction"],
+            test=task["test"],
+            epochs=ft["epochs"],
+            lr=lr,
+            batch_size=ft.get("batch_size", 32),
+            max_length=ft["max_length"],
+            dropout=ft.get("dropout", 0.1),
+            warmup_ratio=ft.get("warmup_ratio", 0.1),
+            threads=self.threads,
+        )
+
+    def _add_export(self) -> None:
         ex, task = self.recipe.get("export", {}), self.recipe["task"]
-        bundle = self.path(self.recipe["name"])  # the bundle's name is its folder's
-        pretrained = self.path(ex.get("pretrained_from", "pretrain"), "model.pt")
+        bundle = self.path(self.recipe["name"])  # the bundle is named after its folder
+        source = ex.get("pretrained_from", "pretrain")
         eval_text = self.path("eval-sentences.txt")
 
         def run_export() -> None:
-            write_eval_sentences(
-                self.path("data"), self.path("tokenizer"), eval_text, ex.get("eval_sentences", 1000)
-            )
-            argv = [
+            write_eval_sentences(self.data_dir, self.tokenizer_dir, eval_text, ex.get("eval_sentences", 1000))
+            self.command(
                 "export",
-                "--pretrained",
-                pretrained,
-                "--classifier",
-                self.path("finetune", "model.pt"),
-                "--tokenizer",
-                self.path("tokenizer"),
-                "--out",
-                bundle,
-                "--overwrite",
-                "--threads",
-                threads,
-                "--eval-text",
-                eval_text,
-                "--eval-dev",
-                task["test"],
-                "--eval-task",
-                task["name"],
-                "--eval-limit",
-                ex.get("eval_limit", 50_000),
-            ]
-            if ex.get("optimize", True):
-                argv.append("--optimize")
-            if ex.get("quantize", "int8"):
-                argv += ["--quantize", ex.get("quantize", "int8")]
-            self.command(*argv)
+                *flags(
+                    pretrained=self.path(source, "model.pt"),
+                    classifier=self.path("finetune", "model.pt"),
+                    tokenizer=self.tokenizer_dir,
+                    out=bundle,
+                    overwrite=True,
+                    threads=self.threads,
+                    optimize=ex.get("optimize", True),
+                    quantize=ex.get("quantize", "int8") or None,
+                    eval_text=eval_text,
+                    eval_dev=task["test"],
+                    eval_task=task["name"],
+                    eval_limit=ex.get("eval_limit", 50_000),
+                ),
+            )
 
         self.add(
             Stage(
@@ -701,24 +599,18 @@ class Runner:
                 [bundle / "bundle.json"],
                 run_export,
                 estimate_s=300,
-                after=["finetune", "pretrain", "adapt" if "adapt" in self.recipe else "pretrain"],
+                after=["finetune", source],
             )
         )
 
     def _add_card(self) -> None:
         target = Path(self.recipe["bundle"])
-
-        def run_card() -> None:
-            from training.card import build_card
-
-            build_card(self.recipe, self.work, target, threads=self.threads)
-
         self.add(
             Stage(
                 "card",
                 {"card": self.recipe.get("card", {}), "target": str(target)},
                 [target / "MODEL_CARD.md", target / "bundle.json"],
-                run_card,
+                lambda: build_card(self.recipe, self.work, target, threads=self.threads),
                 estimate_s=240,
                 after=["export", "finetune-scratch", "baseline"],
             )
@@ -747,7 +639,7 @@ class Runner:
         for stage, state in self.plan():
             estimate = 0.0 if state == "done" else stage.estimate_s
             if stage.name == "pretrain" and state != "done":
-                estimate = self._pretrain_tokens_left() / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
+                estimate = self._pretrain_seconds_left()
             total += estimate
             print(f"{stage.name:<18} {state:<8} {_duration(estimate):>10}")
         print(f"{'total':<18} {'':<8} {_duration(total):>10}  (rough: CPU figures of a 2-core AVX2 machine)")
@@ -773,33 +665,21 @@ class Runner:
 # --------------------------------------------------------------------------------------------------
 # stage helpers
 # --------------------------------------------------------------------------------------------------
-def finetune_options(task: dict[str, Any], ft: dict[str, Any], lr: float, threads: str) -> list[Any]:
-    """The `pocketbert finetune` options a recipe's [task] and [finetune] sections give (lr chosen apart:
-    the scratch ablation may use its own)."""
-    return [
-        "--task",
-        task["name"],
-        "--train",
-        task["train"],
-        "--dev-fraction",
-        task["dev_fraction"],
-        "--test",
-        task["test"],
-        "--epochs",
-        ft["epochs"],
-        "--lr",
-        lr,
-        "--batch-size",
-        ft.get("batch_size", 32),
-        "--max-length",
-        ft["max_length"],
-        "--dropout",
-        ft.get("dropout", 0.1),
-        "--warmup-ratio",
-        ft.get("warmup_ratio", 0.1),
-        "--threads",
-        threads,
-    ]
+def flags(**options: Any) -> list[str]:
+    """Command-line options from keywords: dropout=0.1 -> --dropout 0.1; a list gives several values;
+    True gives the bare flag; None and False give nothing."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def _seeds(seeds: list[int]) -> str:
