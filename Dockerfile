@@ -1,6 +1,6 @@
 # pocketbert web service: the `serve` extra only (FastAPI, onnxruntime, sentencepiece, numpy; no torch),
-# run as a non-root user, serving the bundle(s) in ./bundles on port 8000. It writes nothing to its
-# filesystem, so it also runs with a read-only root:
+# run as a non-root user, serving the bundle(s) in ./bundles on port 8000. It writes only to /tmp (the
+# engine's plan cache), so it also runs with a read-only root:
 #
 #   docker build -t pocketbert .
 #   docker run --rm -p 8000:8000 pocketbert
@@ -34,10 +34,13 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # Owned by root, readable by all (export writes private 0700 folders): the service cannot alter its models.
 COPY --from=build /src/bundles /app/bundles
+# POCKETBERT_CACHE_DIR: the engine's timed plans (model/plans.py) go to /tmp, writable even with a
+# read-only root filesystem (a tmpfs or an emptyDir there).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    POCKETBERT_BUNDLES=/app/bundles
+    POCKETBERT_BUNDLES=/app/bundles \
+    POCKETBERT_CACHE_DIR=/tmp/pocketbert
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

@@ -34,6 +34,7 @@ from app.openapi import add_docs, install_schema
 from app.registry import EngineLike, ServedModel, text_language
 from app.service import Service, StartupError
 from app.settings import Settings
+from model.pipeline import shape_fill_mask
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger(__name__)
@@ -145,9 +146,14 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
     AttentionRequest = models.attention
 
     async def prepare(
-        task: str, name: str | None, texts: list[str], field: str, check: Callable[[ServedModel], Any]
+        task: str,
+        name: str | None,
+        texts: list[str],
+        field: str,
+        check: Callable[[ServedModel], Any],
+        inline: bool = False,
     ) -> tuple[ServedModel, Any]:
-        """Route the request and check its inputs against the model, in a worker thread."""
+        """Route the request and check its inputs against the model, in a worker thread unless inline."""
 
         def work() -> tuple[ServedModel, Any]:
             languages = [text_language(t) for t in texts]
@@ -157,23 +163,25 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
             model = registry.route(task, name, languages, field)
             return model, check(model)
 
-        return await service.guard(service.in_thread(work), f"{task} check", texts)
+        return await service.guard(service.in_thread(work, inline=inline), f"{task} check", texts)
 
     @app.post("/fill-mask", response_model=schemas.FillMaskResponse, responses=TASK_RESPONSES, tags=["tasks"])
     async def fill_mask(body: FillMaskRequest, request: Request) -> Response:
         """Predict the token behind each [MASK], like Hugging Face's fill-mask pipeline."""
         texts = body.texts
+        small = service.is_small(texts, len(texts) * body.top_k)
         model, truncated = await prepare(
             "fill-mask",
             body.model,
             texts,
             "inputs",
             lambda m: m.check_masks(texts, body.top_k, body.truncate, settings),
+            small,
         )
         work = model.fill_mask(texts, body.top_k, body.include_sequence, service.timeout)
         results = await service.run(request, work, "fill-mask", texts)
-        shaped = [masks[0] if len(masks) == 1 else masks for masks in results]
-        return await service.render({"model": model.name, "results": shaped, "truncated": truncated})
+        payload = {"model": model.name, "results": shape_fill_mask(results), "truncated": truncated}
+        return await service.render(payload, inline=small)
 
     @app.post(
         "/next-sentence",
@@ -185,24 +193,32 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
         """Probability that `second` follows `first`, per pair (BERT's next-sentence-prediction head)."""
         pairs = body.pair_list
         texts = [text for pair in pairs for text in pair]
+        small = service.is_small(texts, len(pairs))
         model, truncated = await prepare(
-            "next-sentence", body.model, texts, "pairs", lambda m: m.check_pairs(pairs, body.truncate)
+            "next-sentence", body.model, texts, "pairs", lambda m: m.check_pairs(pairs, body.truncate), small
         )
         results = await service.run(
             request, model.next_sentence(pairs, service.timeout), "next-sentence", texts
         )
-        return await service.render({"model": model.name, "results": results, "truncated": truncated})
+        payload = {"model": model.name, "results": results, "truncated": truncated}
+        return await service.render(payload, inline=small)
 
     @app.post("/classify", response_model=schemas.ClassifyResponse, responses=TASK_RESPONSES, tags=["tasks"])
     async def classify(body: ClassifyRequest, request: Request) -> Response:
         """The classifier's labels per text, sorted by score."""
         texts = body.texts
         model, truncated = await prepare(
-            "classify", body.model, texts, "inputs", lambda m: m.check_texts(texts, body.truncate)
+            "classify",
+            body.model,
+            texts,
+            "inputs",
+            lambda m: m.check_texts(texts, body.truncate),
+            service.is_small(texts, len(texts)),
         )
         work = model.classify(texts, body.top_k, service.timeout)
         results = await service.run(request, work, "classify", texts)
-        return await service.render({"model": model.name, "results": results, "truncated": truncated})
+        payload = {"model": model.name, "results": results, "truncated": truncated}
+        return await service.render(payload, inline=service.is_small(texts, sum(map(len, results))))
 
     @app.post(
         "/attention", response_model=schemas.AttentionResponse, responses=TASK_RESPONSES, tags=["tasks"]
@@ -250,9 +266,10 @@ def _add_service_routes(app: FastAPI, service: Service) -> None:
         return body if service.ready else JSONResponse(status_code=503, content=body)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
-    async def metrics() -> PlainTextResponse:
-        """Prometheus text format: requests and latency per endpoint and status, batch sizes, queue depth."""
-        return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
+    async def metrics() -> Response:
+        """Prometheus text format: requests and latency per endpoint and status, batch sizes, queue depth;
+        with several workers, the sums over all of them."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models", response_model=schemas.ModelsResponse, tags=["service"])
     async def models() -> dict[str, Any]:

@@ -320,17 +320,15 @@ class ModelRegistry:
 
     def _stats(self, model: str, task: str) -> BatchStats:
         m = self.metrics
+        batch_size, batch_latency = m.batch_size.labels(model, task), m.batch_latency.labels(model, task)
+        depth, rejected = m.queue_depth.labels(model, task), m.rejected.labels(model, task)
 
         def on_batch(size: int, seconds: float) -> None:
-            m.batch_size.observe(size, model=model, task=task)
-            m.batch_latency.observe(seconds, model=model, task=task)
+            batch_size.observe(size)
+            batch_latency.observe(seconds)
 
-        m.queue_depth.set(0, model=model, task=task)
-        return BatchStats(
-            on_batch=on_batch,
-            on_depth=lambda depth: m.queue_depth.set(depth, model=model, task=task),
-            on_reject=lambda: m.rejected.inc(model=model, task=task),
-        )
+        depth.set(0)
+        return BatchStats(on_batch=on_batch, on_depth=depth.set, on_reject=rejected.inc)
 
     def load_bundles(self) -> list[str]:
         """Open every bundle under settings.bundles (checksums, consistency, reference self-test); returns
@@ -349,9 +347,17 @@ class ModelRegistry:
             errors.append(f"no bundle (a folder with {MANIFEST}) found in {folders} ({source})")
         for path in paths:
             try:
-                engine = Engine.load(path, intra_op_threads=self.settings.inference_threads)
+                # No spinning: threads waiting for the next operator would take the event loop's CPU.
+                threads, plan = self.settings.inference_threads, self.settings.engine_plan
+                engine = Engine.load(path, intra_op_threads=threads, plan=plan, spinning=False)
                 self.add(engine)
-                log.info("serving bundle %s (%s) from %s", engine.name, engine.language, path)
+                log.info(
+                    "serving bundle %s (%s) from %s; plans: %s",
+                    engine.name,
+                    engine.language,
+                    path,
+                    engine.plans,
+                )
             except (BundleError, ValueError, OSError) as exc:
                 errors.append(str(exc))
         return errors

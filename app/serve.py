@@ -5,7 +5,9 @@ on the command line are written back to the environment, which is how they reach
 uvicorn worker process (`app.main:factory` reads Settings() there). A bundles path that holds no bundle
 is refused before uvicorn starts, in one line naming what the user gave (the flag, the environment
 variable or the default); a bundle that fails to load stops start-up in the factory, also in one line,
-with exit status 2. Nothing heavy is imported at module top, so `pocketbert --help` stays instant.
+with exit status 2. With several workers, the metrics go through prometheus-client's multiprocess mode
+(app/metrics.py): PROMETHEUS_MULTIPROC_DIR is the user's folder, emptied at start, or a temporary one
+removed at exit. Nothing heavy is imported at module top, so `pocketbert --help` stays instant.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "MAX_BATCH_SIZE": args.max_batch_size,
         "MAX_WAIT_MS": args.max_wait_ms,
         "LOG_LEVEL": args.log_level,
+        "WORKERS": args.workers,  # each worker divides the cores by it (Settings.inference_threads)
     }
     from_environment = ENV_PREFIX + "BUNDLES" in os.environ
     for key, value in overrides.items():
@@ -87,14 +90,20 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"pocketbert serve: {problem}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "app.main:factory",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
+    from app.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+
+    created = prepare_multiprocess_dir(args.workers)  # before the workers start: they inherit it
+    try:
+        uvicorn.run(
+            "app.main:factory",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    finally:
+        remove_multiprocess_dir(created)
     return 0
 
 

@@ -7,12 +7,13 @@ the environment, e.g. POCKETBERT_BUNDLES=bundles/en,bundles/ko.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model.plans import available_cores, plan_setting
 
 ENV_PREFIX = "POCKETBERT_"
 
@@ -91,9 +92,15 @@ class Settings(BaseSettings):
     ort_threads: int | None = Field(
         None,
         ge=1,
-        description="onnxruntime intra-op threads per model; default: CPU cores - 1 (at least 1), "
-        "leaving one "
-        "core to the event loop, which parses HTTP and forms the next batch while one runs.",
+        description="onnxruntime intra-op threads per model and worker; default: the worker's share of "
+        "the CPU cores (cores / workers, at least 1; cores as the CPU affinity and a cgroup quota allow). "
+        "They never spin between operators, so the event loop gets the CPU whenever it has work.",
+    )
+    engine_plan: str = Field(
+        "auto",
+        description="How the engine runs each graph per batch-size band: auto (timed once per CPU, graph and "
+        "thread count, cached in POCKETBERT_CACHE_DIR or $XDG_CACHE_HOME/pocketbert), fixed (all threads, "
+        "one batch), or one plan for every band, e.g. threads=1,chunks=2.",
     )
     inference_workers: int = Field(
         1,
@@ -113,12 +120,17 @@ class Settings(BaseSettings):
 
     @property
     def inference_threads(self) -> int:
-        """ort_threads, or the default: the usable cores but one (onnxruntime's own default takes every core
-        and spin-waits, which starves the event loop on a small machine)."""
+        """ort_threads, or the default: this worker's share of the usable cores. All of them: the engine
+        bounds throughput (profiled with py-spy: most of a request's CPU time is onnxruntime), and its
+        threads sleep instead of spinning, so the event loop still gets a core whenever it needs one."""
         if self.ort_threads:
             return self.ort_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores - 1)
+        return max(1, available_cores() // self.workers)
+
+    @field_validator("engine_plan")
+    @classmethod
+    def _readable_plan(cls, value: str) -> str:
+        return plan_setting(value)
 
     @field_validator("bundles", "cors_origins", mode="before")
     @classmethod

@@ -6,15 +6,21 @@
 
 Sequences per second at batch 1 and 32 (length 64) for the classifier path (what /classify runs) and the
 fill-mask path (one [MASK] per sequence, MLM logits only there), each backend timed in interleaved
-rounds, medians reported, every backend on the same number of threads. Also measures the MLM fast path
-(decoder at the masked positions only) against full (B, T, V) logits. The last line is one JSON object;
-`ratio_b1` / `ratio_b32` are INT8-optimized engine / PyTorch eager on the classifier path.
+rounds, medians reported, every backend on the same number of threads. The INT8 bundle runs twice:
+`engine_int8_opt` with the fixed plan (every batch on all threads: the engine before plans were tuned)
+and `engine_int8_auto` as the runtime ships, with the plans it times for this CPU at load (a fresh cache
+in the temporary folder, so the timing happens in this run; `plans` and `tuning_s` report it). Also
+measures the MLM fast path (decoder at the masked positions only) against full (B, T, V) logits, and
+whether the answers are the same: classify argmax and fill-mask top-1 of the tuned engine against PyTorch
+eager on the held-out sentences. The last line is one JSON object; `ratio_b1` / `ratio_b32` are the tuned
+INT8 engine / PyTorch eager on the classifier path (`ratio_b*_fixed`: the fixed plan).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -33,8 +39,9 @@ from model.bert import BertForPreTraining, BertForSequenceClassification
 from model.checkpoint import load_model, save_model
 from model.config import BertConfig
 from model.engine import Engine
-from model.tokenizer import BatchEncoding, Tokenizer
-from training.export import export_bundle
+from model.plans import cpu_signature
+from model.tokenizer import MASK_ID, NUM_SPECIAL, BatchEncoding, Tokenizer
+from training.export import export_bundle, read_eval_text
 
 SEQ_LEN = 64
 BATCHES = (1, 32)
@@ -112,6 +119,55 @@ def measure(
     return {name: round(statistics.median(values), 1) for name, values in samples.items()}
 
 
+def _torch_logits(model, batch: BatchEncoding, positions: np.ndarray | None = None) -> np.ndarray:
+    tensors = {k: torch.from_numpy(v) for k, v in batch.as_dict().items()}
+    with torch.inference_mode():
+        if positions is None:
+            return model(**tensors).logits.numpy()
+        return model(**tensors, masked_positions=torch.from_numpy(positions)).mlm_logits.numpy()
+
+
+def _logits(backend, batch: BatchEncoding, positions: np.ndarray | None = None) -> np.ndarray:
+    """Classifier logits (positions None) or MLM logits at `positions`, from an engine or a torch model."""
+    if isinstance(backend, Engine):
+        return (
+            backend.run_classifier(batch)
+            if positions is None
+            else backend.run_pretraining(batch, positions)[0]
+        )
+    return _torch_logits(backend, batch, positions)
+
+
+def mask_one_token(batch: BatchEncoding, rng: np.random.Generator) -> np.ndarray:
+    """Replace one random ordinary token per row with [MASK] (in place); returns the positions (B, 1)."""
+    positions = np.zeros((len(batch.input_ids), 1), dtype=np.int64)
+    for row, ids in enumerate(batch.input_ids):
+        ordinary = np.flatnonzero(ids >= NUM_SPECIAL)
+        positions[row, 0] = rng.choice(ordinary) if len(ordinary) else 0
+    np.put_along_axis(batch.input_ids, positions, MASK_ID, axis=1)
+    return positions
+
+
+def same_answers(engine: Engine, pretraining, classifier, sentences: list[str], seed: int = 0) -> dict:
+    """How often `engine` answers as the reference (torch models, or another engine) on the held-out
+    sentences: classify argmax, and fill-mask top-1 with one random ordinary token masked per sentence."""
+    rng = np.random.default_rng(seed)
+    argmax_same = top1_same = total = 0
+    for start in range(0, len(sentences), 32):
+        batch = engine.encode(sentences[start : start + 32])
+        argmax_same += int((_logits(engine, batch).argmax(-1) == _logits(classifier, batch).argmax(-1)).sum())
+        positions = mask_one_token(batch, rng)
+        found = _logits(engine, batch, positions)[:, 0].argmax(-1)
+        top1_same += int((found == _logits(pretraining, batch, positions)[:, 0].argmax(-1)).sum())
+        total += len(batch.input_ids)
+    return {
+        "sentences": total,
+        "classify_argmax_identical": argmax_same == total,
+        "classify_argmax_agreement": round(argmax_same / total, 4),
+        "fill_mask_top1_agreement": round(top1_same / total, 4),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", help="pretraining checkpoint (default: random weights)")
@@ -149,11 +205,14 @@ def main() -> int:
             eval_limit=args.eval_limit,
             **common,
         )
-        engines = {name: Engine.load(work / name, intra_op_threads=args.threads) for name in ("fp32", "int8")}
+        e32, e8 = (Engine.load(work / name, args.threads, plan="fixed") for name in ("fp32", "int8"))
+        os.environ["POCKETBERT_CACHE_DIR"] = str(work / "cache")  # time the plans in this run
+        began = time.perf_counter()
+        auto = Engine.load(work / "int8", args.threads, plan="auto")
+        tuning_s = time.perf_counter() - began
         pretraining, _ = load_model(pre_path)
         classifier, _ = load_model(cls_path)
         vocab_size = pretraining.config.vocab_size
-        e32, e8 = engines["fp32"], engines["int8"]
 
         report: dict = {
             "bench": "engine",
@@ -164,6 +223,9 @@ def main() -> int:
                 for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
             },
             "torch_attention": pretraining.config.attn_implementation,
+            "cpu": cpu_signature(),
+            "plans": auto.plans,
+            "tuning_s": round(tuning_s, 2),
         }
         for batch_size in BATCHES:
             batch, positions = make_inputs(batch_size, vocab_size, seed=batch_size)
@@ -187,9 +249,11 @@ def main() -> int:
             fns = {
                 ("classify", "engine_fp32"): lambda b=batch: e32.run_classifier(b),
                 ("classify", "engine_int8_opt"): lambda b=batch: e8.run_classifier(b),
+                ("classify", "engine_int8_auto"): lambda b=batch: auto.run_classifier(b),
                 ("classify", "torch_eager"): torch_classify,
                 ("fill_mask", "engine_fp32"): lambda b=batch, p=positions: e32.run_pretraining(b, p),
                 ("fill_mask", "engine_int8_opt"): lambda b=batch, p=positions: e8.run_pretraining(b, p),
+                ("fill_mask", "engine_int8_auto"): lambda b=batch, p=positions: auto.run_pretraining(b, p),
                 ("fill_mask", "torch_eager"): torch_fill_mask,
                 # the same graphs asked for all T positions: what a full (B, T, V) MLM output would cost
                 ("fill_mask_full_logits", "engine_fp32"): lambda b=batch, p=all_positions: (
@@ -206,19 +270,27 @@ def main() -> int:
             report[f"b{batch_size}"] = timings
         for batch_size in BATCHES:
             row = report[f"b{batch_size}"]
-            report[f"ratio_b{batch_size}"] = round(
-                row["classify"]["engine_int8_opt"] / row["classify"]["torch_eager"], 2
-            )
+            for suffix, backend in (("", "engine_int8_auto"), ("_fixed", "engine_int8_opt")):
+                report[f"ratio_b{batch_size}{suffix}"] = round(
+                    row["classify"][backend] / row["classify"]["torch_eager"], 2
+                )
         for batch_size in BATCHES:
             row = report[f"b{batch_size}"]
-            report[f"ratio_b{batch_size}_fill_mask"] = round(
-                row["fill_mask"]["engine_int8_opt"] / row["fill_mask"]["torch_eager"], 2
-            )
+            for suffix, backend in (("", "engine_int8_auto"), ("_fixed", "engine_int8_opt")):
+                report[f"ratio_b{batch_size}_fill_mask{suffix}"] = round(
+                    row["fill_mask"][backend] / row["fill_mask"]["torch_eager"], 2
+                )
             for backend in ("engine_fp32", "engine_int8_opt"):  # masked positions only vs all T positions
                 report[f"mlm_fast_path_speedup_b{batch_size}_{backend}"] = round(
                     row["fill_mask"][backend] / row["fill_mask_full_logits"][backend], 2
                 )
-        report["ratios_refer_to"] = "classify path (ratio_b*_fill_mask: fill-mask path)"
+        report["ratios_refer_to"] = (
+            "tuned INT8 engine / torch eager, classify path (ratio_b*_fill_mask: fill-mask path; "
+            "*_fixed: the fixed plan)"
+        )
+        sentences = read_eval_text(held_out, args.eval_limit)
+        report["answers_vs_torch"] = same_answers(auto, pretraining, classifier, sentences)
+        report["answers_tuned_vs_fixed"] = same_answers(auto, e8, e8, sentences)
         report["fusions"] = int8_info["export"]["fusions"]
         report["int8_checks"] = int8_info["checks"]["int8"]
         report["parity"] = int8_info["checks"]["parity"]

@@ -1,7 +1,7 @@
 """Benchmark `pocketbert prepare` against Hugging Face's TextDatasetForNextSentencePrediction.
 
-    .venv/bin/python bench/prepare.py [--input PATH] [--max-mb N] [--tokenizer DIR]
-    .venv/bin/python bench/prepare.py --memory-scaling      # peak RSS of ours on ~10 MB vs 200 MB+ of text
+    python bench/prepare.py [--input PATH] [--max-mb N] [--tokenizer DIR]
+    python bench/prepare.py --memory-scaling      # peak RSS of ours on ~10 MB vs 200 MB+ of text
 
 Both sides get the same input file (the first N MB of the Korean Wikipedia sample, cut at a document
 boundary) and the same SentencePiece model, and build next-sentence pairs of at most 128 tokens with
@@ -146,7 +146,9 @@ def tokenizer_model(tokenizer: Path | None, corpus: Path, workdir: Path) -> Path
     print(f"{path} not found: training an 8000-piece tokenizer on the benchmark input", flush=True)
     subprocess.run(
         [
-            str(ROOT / ".venv" / "bin" / "pocketbert"),
+            sys.executable,  # the interpreter this runs under, whatever the environment's layout
+            "-m",
+            "training.cli",
             "tokenizer",
             "train",
             "--input",

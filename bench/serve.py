@@ -1,17 +1,20 @@
 """Serving benchmark: pocketbert's batched ONNX server against a naive one-request-one-forward server.
 
-    python bench/serve.py [--seconds 8] [--concurrency 1 8 32]
+    python bench/serve.py [--seconds 8] [--concurrency 1 8 32] [--workers 1 2] [--keep DIR]
 
 Self-contained: builds a random-weight bundle of the default pocketbert shape (3 layers, hidden 256,
-4 heads, vocabulary 8,000; INT8 + onnxruntime fusions) with the project's own export in a temp folder,
-then, one server at a time on 127.0.0.1:
-  ours   uvicorn + app.main (dynamic batching, onnxruntime), default settings;
+4 heads, vocabulary 8,000; INT8 + onnxruntime fusions) with the project's own export in a temp folder
+(or in --keep DIR, reused by the next run), then, one server at a time on 127.0.0.1:
+  ours   `pocketbert serve --workers N` (python -m app.serve: uvicorn + app.main, dynamic batching,
+         onnxruntime), default settings, once per --workers value; engine plans are timed afresh (a plan
+         cache of the run's own);
   naive  FastAPI + PyTorch eager on the same weights, one forward per request (this file, --naive-server).
 An asyncio load generator (raw HTTP/1.1 keep-alive, one connection per concurrent client: light enough
 not to be the bottleneck on 2 cores) sends the same POST /fill-mask requests at each concurrency for a
 bounded time. Finally the bare engine runs fill-mask batches of the size our server formed at the highest
 concurrency: server requests/s over engine sequences/s is `engine_fraction` (the engine is the limit;
-the rest is HTTP, JSON and queueing). The last line printed is one JSON object.
+the rest is HTTP, JSON and queueing). The top-level figures are those of the first --workers value;
+`by_workers` has each. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -57,7 +61,12 @@ def synthetic_corpus(path: Path, lines: int = 40_000, seed: int = 0) -> list[str
 
 
 def build_bundle(work: Path) -> tuple[Path, Path, Path, list[str]]:
-    """(bundle dir, pretraining checkpoint, tokenizer dir, request texts)."""
+    """(bundle dir, pretraining checkpoint, tokenizer dir, request texts); a complete earlier build in
+    `work` is reused."""
+    bundle = work / "bundles" / "bench"
+    if (work / "texts.json").is_file() and (bundle / "bundle.json").is_file():
+        texts = json.loads((work / "texts.json").read_text(encoding="utf-8"))
+        return bundle, work / "pretrained.pt", work / "tokenizer", texts
     import torch
 
     from model.bert import BertForPreTraining, BertForSequenceClassification
@@ -79,7 +88,6 @@ def build_bundle(work: Path) -> tuple[Path, Path, Path, list[str]]:
         BertForSequenceClassification(config, 2).eval(),
         {**meta, "label_names": ["negative", "positive"]},
     )
-    bundle = work / "bundles" / "bench"
     export_bundle(
         work / "pretrained.pt",
         work / "classifier.pt",
@@ -95,6 +103,7 @@ def build_bundle(work: Path) -> tuple[Path, Path, Path, list[str]]:
         sentence = rng.choices(words, k=rng.randint(6, 20))
         sentence[rng.randrange(len(sentence))] = "[MASK]"
         texts.append(" ".join(sentence) + ".")
+    (work / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
     return bundle, work / "pretrained.pt", work / "tokenizer", texts
 
 
@@ -159,18 +168,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, limit_s: float = 120.0) -> None:
+def wait_ready(url: str, limit_s: float = 300.0, workers_ready=lambda: True) -> None:
+    """Until `url` answers 200 and workers_ready() (every worker has loaded its models)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-            if r.status == 200:
+            if r.status == 200 and workers_ready():
                 return
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {limit_s:g} s")
 
 
 @contextlib.contextmanager
-def server(argv: list[str], env: dict[str, str], ready_url: str):
+def server(argv: list[str], env: dict[str, str], ready_url: str, workers_ready=lambda: True):
     proc = subprocess.Popen(
         argv,
         env={**os.environ, **env},
@@ -181,7 +191,7 @@ def server(argv: list[str], env: dict[str, str], ready_url: str):
     )
     try:
         try:
-            wait_ready(ready_url)
+            wait_ready(ready_url, workers_ready=workers_ready)
         except RuntimeError:
             proc.kill()
             raise RuntimeError(f"server failed: {proc.communicate(timeout=10)[1][-2000:]}") from None
@@ -305,7 +315,7 @@ def engine_throughput(
     """Sequences/s of Engine.fill_mask alone (tokenize, onnxruntime, top-k) at this batch size."""
     from model.engine import Engine
 
-    engine = Engine.load(bundle, intra_op_threads=threads)
+    engine = Engine.load(bundle, intra_op_threads=threads, spinning=False)  # as the server runs it
     batches = [[texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)] for i in range(64)]
     for batch in batches[:3]:
         engine.fill_mask(batch, top_k=TOP_K)
@@ -318,21 +328,108 @@ def engine_throughput(
 
 
 # --- main ---------------------------------------------------------------------------------------------------
+def ours_workers_ready(metrics_dir: Path, workers: int):
+    """A check that every worker has loaded its models: each writes its gauge file (prometheus-client's
+    multiprocess mode, gauge_livesum_PID.db) when its queues are set up."""
+    return lambda: len(list(metrics_dir.glob("gauge_livesum_*.db"))) >= workers
+
+
+def run_ours(
+    args: argparse.Namespace, work: Path, bundle: Path, bodies: list[bytes], workers: int
+) -> list[dict]:
+    """`pocketbert serve --workers N` on the bundle, loaded at each concurrency level."""
+    port = free_port()
+    metrics_dir = work / f"metrics-{workers}"
+    print(f"ours: pocketbert serve --workers {workers} on 127.0.0.1:{port}", flush=True)
+    argv = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        "POCKETBERT_BUNDLES": str(bundle.parent),
+        "POCKETBERT_LOG_LEVEL": "warning",
+        "POCKETBERT_CACHE_DIR": str(work / "plans"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **({"POCKETBERT_ORT_THREADS": str(args.ort_threads)} if args.ort_threads else {}),
+    }
+    with server(
+        [*argv, "--workers", str(workers), "--log-level", "warning"],
+        env,
+        f"http://127.0.0.1:{port}/readyz",
+        ours_workers_ready(metrics_dir, workers),
+    ):
+        return run_load(port, bodies, sorted(args.concurrency), args.seconds, on_level=batch_stats(port))
+
+
+def run_naive(
+    args: argparse.Namespace, checkpoint: Path, tokenizer_dir: Path, bodies: list[bytes]
+) -> list[dict]:
+    port = free_port()
+    print(f"naive: FastAPI + PyTorch eager on 127.0.0.1:{port}", flush=True)
+    argv = [sys.executable, __file__, "--naive-server", "--checkpoint", str(checkpoint)]
+    with server(
+        [*argv, "--tokenizer", str(tokenizer_dir), "--port", str(port)], {}, f"http://127.0.0.1:{port}/docs"
+    ):
+        return run_load(port, bodies, sorted(args.concurrency), args.seconds)
+
+
+def summarise(
+    by_workers: dict[int, list[dict]], naive: list[dict], engine_sps: float, batch_size: int
+) -> dict:
+    """The JSON report: the first --workers value's figures at the top, each one's under by_workers."""
+    first = next(iter(by_workers))
+    top, top_naive = by_workers[first][-1], naive[-1]
+    c = top["concurrency"]
+    return {
+        "bench": "serve",
+        f"ratio_c{c}": round(top["rps"] / top_naive["rps"], 2),
+        "p99_ms": top["p99_ms"],
+        "p99_naive_ms": top_naive["p99_ms"],
+        "engine_fraction": round(top["rps"] / engine_sps, 3),
+        "rps": top["rps"],
+        "rps_naive": top_naive["rps"],
+        "workers": first,
+        "by_workers": {
+            str(workers): {
+                "rps": runs[-1]["rps"],
+                "p50_ms": runs[-1]["p50_ms"],
+                "p99_ms": runs[-1]["p99_ms"],
+                "mean_batch_size": runs[-1]["batch"]["mean_size"],
+                f"ratio_c{c}": round(runs[-1]["rps"] / top_naive["rps"], 2),
+            }
+            for workers, runs in by_workers.items()
+        },
+        "engine_sequences_per_s": round(engine_sps, 1),
+        "mean_batch_size": top["batch"]["mean_size"],
+        "engine_batch_size": batch_size,
+        "uvicorn": uvicorn_flavour(),
+        "errors": sum(r["errors"] for runs in [*by_workers.values(), naive] for r in runs),
+        "cpus": os.cpu_count(),
+        "ours": by_workers[first],
+        "naive": naive,
+    }
+
+
+def print_table(by_workers: dict[int, list[dict]], naive: list[dict]) -> None:
+    columns = f"{'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    print(f"\n{'':>10} ours {columns} | naive {columns} | ratio")
+    for workers, runs in by_workers.items():
+        for a, b in zip(runs, naive, strict=True):
+            print(
+                f"w={workers} c={a['concurrency']:<4}      {a['rps']:>9} {a['p50_ms']:>8} {a['p99_ms']:>8} | "
+                f"      {b['rps']:>9} {b['p50_ms']:>8} {b['p99_ms']:>8} | {a['rps'] / b['rps']:.2f}x"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="uvicorn workers of our server")
     parser.add_argument(
         "--ort-threads",
         type=int,
         default=None,
-        help="onnxruntime threads of our server and the bare engine (default: the server's default)",
+        help="onnxruntime threads of our server (per worker) and the bare engine (default: the server's)",
     )
-    parser.add_argument(
-        "--plain-uvicorn",
-        action="store_true",
-        help="run our server with uvicorn's pure-Python h11 + asyncio instead of httptools + uvloop",
-    )
+    parser.add_argument("--keep", metavar="DIR", help="build the bundle here, or reuse the one built here")
     parser.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -350,66 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     from app.settings import Settings
 
     # The bare engine gets the threads the server gives each model (its default unless --ort-threads).
-    threads = args.ort_threads or Settings().inference_threads
+    threads = args.ort_threads or Settings(workers=args.workers[0]).inference_threads
     with tempfile.TemporaryDirectory(prefix="pocketbert-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work / "plans", ignore_errors=True)  # plans timed afresh by each run's servers
         print("building a 3-layer/256/4-head, vocab-8000 random bundle (INT8, optimized) ...", flush=True)
         bundle, checkpoint, tokenizer_dir, texts = build_bundle(work)
         bodies = [json.dumps({"inputs": t, "top_k": TOP_K}).encode() for t in texts]
-        levels = sorted(args.concurrency)
-
-        port = free_port()
-        print(f"ours: uvicorn app.main on 127.0.0.1:{port}", flush=True)
-        with server(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:factory",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                *(["--http", "h11", "--loop", "asyncio"] if args.plain_uvicorn else []),
-            ],
-            {
-                "POCKETBERT_BUNDLES": str(bundle.parent),
-                "POCKETBERT_LOG_LEVEL": "warning",
-                **({"POCKETBERT_ORT_THREADS": str(args.ort_threads)} if args.ort_threads else {}),
-            },
-            f"http://127.0.0.1:{port}/readyz",
-        ):
-            ours = run_load(port, bodies, levels, args.seconds, on_level=batch_stats(port))
+        by_workers = {workers: run_ours(args, work, bundle, bodies, workers) for workers in args.workers}
         # The bare engine right after (other load on the machine drifts), and again at the end: the better
         # of the two is the engine's capacity, which makes engine_fraction the conservative figure.
-        top = ours[-1]
+        top = next(iter(by_workers.values()))[-1]
         batch_size = max(1, round(top["batch"]["mean_size"] or 1))
+        os.environ["POCKETBERT_CACHE_DIR"] = str(work / "plans")  # the plans the server timed
         engine_runs = [engine_throughput(bundle, texts, batch_size, min(args.seconds, 5.0), threads)]
-
-        port = free_port()
-        print(f"naive: FastAPI + PyTorch eager on 127.0.0.1:{port}", flush=True)
-        with server(
-            [
-                sys.executable,
-                __file__,
-                "--naive-server",
-                "--checkpoint",
-                str(checkpoint),
-                "--tokenizer",
-                str(tokenizer_dir),
-                "--port",
-                str(port),
-            ],
-            {},
-            f"http://127.0.0.1:{port}/docs",
-        ):
-            naive = run_load(port, bodies, levels, args.seconds)
-
-        top_naive = naive[-1]
+        naive = run_naive(args, checkpoint, tokenizer_dir, bodies)
         engine_runs.append(engine_throughput(bundle, texts, batch_size, min(args.seconds, 5.0), threads))
         engine_sps = max(engine_runs)
         print(
@@ -417,36 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{batch_size}",
             flush=True,
         )
-
-    c = top["concurrency"]
-    print(
-        f"\n{'':>6} {'ours rps':>9} {'p50 ms':>8} {'p99 ms':>8} | "
-        f"{'naive rps':>9} {'p50 ms':>8} {'p99 ms':>8} | ratio"
-    )
-    for a, b in zip(ours, naive, strict=True):
-        print(
-            f"c={a['concurrency']:<4} {a['rps']:>9} {a['p50_ms']:>8} {a['p99_ms']:>8} | {b['rps']:>9} "
-            f"{b['p50_ms']:>8} {b['p99_ms']:>8} | {a['rps'] / b['rps']:.2f}x"
-        )
-    summary = {
-        "bench": "serve",
-        f"ratio_c{c}": round(top["rps"] / top_naive["rps"], 2),
-        "p99_ms": top["p99_ms"],
-        "p99_naive_ms": top_naive["p99_ms"],
-        "engine_fraction": round(top["rps"] / engine_sps, 3),
-        "rps": top["rps"],
-        "rps_naive": top_naive["rps"],
-        "engine_sequences_per_s": round(engine_sps, 1),
-        "mean_batch_size": top["batch"]["mean_size"],
-        "engine_batch_size": batch_size,
-        "ort_threads": threads,
-        "uvicorn": "h11+asyncio" if args.plain_uvicorn else uvicorn_flavour(),
-        "errors": sum(r["errors"] for r in ours + naive),
-        "seconds_per_level": args.seconds,
-        "cpus": os.cpu_count(),
-        "ours": ours,
-        "naive": naive,
-    }
+    print_table(by_workers, naive)
+    summary = summarise(by_workers, naive, engine_sps, batch_size)
+    summary.update({"ort_threads": threads, "seconds_per_level": args.seconds})
     print(json.dumps(summary))
     return 0
 

@@ -10,7 +10,7 @@ Ours runs the trainer's choices (sparse MLM head, fused AdamW); `--variants` add
 justify them (dense MLM head, foreach AdamW, bf16 autocast, torch.compile). The last line printed is
 one JSON object; `ratio` is ours / Hugging Face tokens per second.
 
-    .venv/bin/python bench/train_step.py [--steps 10] [--warmup 3] [--threads N] [--variants]
+    python bench/train_step.py [--steps 10] [--warmup 3] [--threads N] [--variants]
 """
 
 from __future__ import annotations

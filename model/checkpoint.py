@@ -8,11 +8,13 @@ weights out of either. Imports torch: the web service never uses this module.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -22,6 +24,8 @@ from model.config import BertConfig
 MODEL_FILENAME = "model.pt"  # the file name a run folder gives its model
 FORMAT_VERSION = 1
 KINDS = ("pretraining", "classification")
+# Test hook (tests/test_kill.py): seconds each save pauses halfway through writing its temporary file.
+SAVE_PAUSE_ENV = "POCKETBERT_TEST_SAVE_PAUSE_S"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -29,13 +33,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     A crash or SIGKILL at any moment leaves either the old file or the new one, never half of one; the
     fsyncs make that hold across a power cut too, and the unique name lets two writers never collide.
+    The temporary name carries the writer's pid, so `remove_stale_temporaries` can tell a killed
+    writer's leftovers from a live one's.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_temporary_prefix(path.name)}{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            _write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a model file is meant to be shared
@@ -44,6 +50,50 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
+def _write(obj: Any, f: BinaryIO) -> None:
+    """torch.save into f; with SAVE_PAUSE_ENV set, write half, pause, then the rest (a test hook that
+    holds a save open long enough for a test to SIGKILL the process in the middle of it)."""
+    pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
+    if pause <= 0:
+        torch.save(obj, f)
+        return
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    time.sleep(pause)
+    f.write(data[len(data) // 2 :])
+
+
+def remove_stale_temporaries(folder: str | Path, name: str) -> list[Path]:
+    """Delete the temporary files that killed writers of `folder/name` left behind; returns them.
+
+    A temporary whose writer (the pid in its name) still runs is left alone.
+    """
+    removed = []
+    for temporary in Path(folder).glob(f"{_temporary_prefix(name)}*"):
+        pid = temporary.name[len(_temporary_prefix(name)) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def fsync_dir(folder: str | Path) -> None:

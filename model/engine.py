@@ -15,11 +15,15 @@ Graphs of a bundle (see training/export.py):
 
 `Engine.load` refuses a bundle whose parts do not fit together (tokenizer vs vocabulary, labels vs
 classifier) and runs the bundle's reference self-test when it has one; `write_reference` makes that
-self-test from a bundle's own graphs (export calls it on the finished bundle).
+self-test from a bundle's own graphs (export calls it on the finished bundle). It then chooses how each
+graph runs per batch-size band on this CPU (threads, spinning, batch chunks: model/runtime.py), timed
+once and cached outside the bundle.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,10 +50,22 @@ from model.bundle import (
     read_manifest,
     read_reference,
 )
+from model.plans import (
+    BANDS,
+    Band,
+    Plan,
+    available_cores,
+    plan_setting,
+    read_cached,
+    tuning_lock,
+    write_cached,
+)
+from model.runtime import TUNE_LENGTH, GraphRunner, cache_key, make_session
 from model.tokenizer import (
     BOS_ID,
     CLS_ID,
     EOS_ID,
+    IS_NEXT,
     MASK_ID,
     NUM_SPECIAL,
     PAD_ID,
@@ -57,11 +73,12 @@ from model.tokenizer import (
     BatchEncoding,
     Tokenizer,
     TokenizerError,
+    file_sha256,
 )
 
+log = logging.getLogger(__name__)
 ENCODER_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 PRETRAINING_INPUTS = (*ENCODER_INPUTS, "masked_positions")
-IS_NEXT = 0  # NSP logit index of "B follows A" (Hugging Face's convention)
 _FRAME_IDS = (PAD_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID)  # dropped from a filled-in "sequence"
 HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
 # A vocabulary with at least this share of Hangul pieces is a Korean model's (a bilingual corpus that
@@ -88,19 +105,6 @@ def logsumexp(logits: np.ndarray) -> np.ndarray:
     return (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[..., 0]
 
 
-def make_session(path: Path, intra_op_threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session; intra_op_threads=None lets onnxruntime use every core."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.inter_op_num_threads = 1  # the graphs are a single chain: parallelism is inside operators
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-        raise BundleError(f"bundle {path.parent}: onnxruntime cannot load {path.name} ({exc})") from exc
-
-
 def _check_inputs(session: ort.InferenceSession, path: Path, expected: Sequence[str]) -> None:
     found = tuple(i.name for i in session.get_inputs())
     if sorted(found) != sorted(expected):
@@ -125,6 +129,7 @@ class Engine:
         name: str | None = None,
         intra_op_threads: int | None = None,
         files: dict[str, str] | None = None,
+        spinning: bool = True,
     ) -> None:
         """Open the graphs of `folder` WITHOUT verifying checksums (use `Engine.load` for a bundle).
 
@@ -155,23 +160,100 @@ class Engine:
             for role in ("classifier", "attention")
         }
         self.tokenizer = self._open_tokenizer()
-        self.pretraining = make_session(self._paths["pretraining"], intra_op_threads)
-        _check_inputs(self.pretraining, self._paths["pretraining"], PRETRAINING_INPUTS)
+        self.threads = intra_op_threads or available_cores()  # the thread budget of each graph
+        self.spinning = spinning  # may onnxruntime's threads spin between operators (not beside a server)
+        self._runners = {"pretraining": self._open_graph("pretraining", PRETRAINING_INPUTS)}
+        self.pretraining = self._runners["pretraining"].default
         self.classifier: ort.InferenceSession | None = None
         if self._has["classifier"]:
-            self.classifier = make_session(self._paths["classifier"], intra_op_threads)
-            _check_inputs(self.classifier, self._paths["classifier"], ENCODER_INPUTS)
+            self._runners["classifier"] = self._open_graph("classifier", ENCODER_INPUTS)
+            self.classifier = self._runners["classifier"].default
             self._check_labels()
         self._attention: ort.InferenceSession | None = None
 
+    def _open_graph(self, role: str, inputs: Sequence[str]) -> GraphRunner:
+        runner = GraphRunner(self._paths[role], self.threads, ENCODER_INPUTS, self.spinning)
+        _check_inputs(runner.default, self._paths[role], inputs)
+        return runner
+
     @classmethod
-    def load(cls, bundle_dir: str | Path, intra_op_threads: int | None = None) -> Engine:
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        intra_op_threads: int | None = None,
+        plan: str | None = None,
+        spinning: bool = True,
+    ) -> Engine:
         """Verify a bundle (format version, files, checksums, its reference self-test) and open it;
-        raises BundleError naming the file at fault."""
+        raises BundleError naming the file at fault. `plan` is how the graphs run (see choose_plans;
+        default: POCKETBERT_ENGINE_PLAN, else auto); spinning=False keeps onnxruntime's threads from
+        spinning between operators (a server's event loop needs that CPU)."""
         info = load_manifest(bundle_dir)
-        engine = cls(bundle_dir, info, intra_op_threads=intra_op_threads)
+        engine = cls(bundle_dir, info, intra_op_threads=intra_op_threads, spinning=spinning)
         engine.check_reference()
+        engine.choose_plans(plan)
         return engine
+
+    # --- how the graphs run (model/runtime.py) --------------------------------------------------------
+    def choose_plans(self, plan: str | None = None) -> None:
+        """Set how each graph runs per batch-size band: `auto` times the candidate plans once for this
+        CPU, graph and thread budget and caches the choice; `fixed` runs every batch on all threads
+        (the engine before tuning existed); anything else is one plan for every band, e.g.
+        `threads=1,chunks=2`. Raises ValueError for a plan it cannot read."""
+        setting = plan_setting(plan)
+        for role, runner in self._runners.items():
+            if setting == "auto":
+                self._tune(role, runner)
+            else:
+                chosen = runner.fixed if setting == "fixed" else Plan.parse(setting)
+                runner.plans = dict.fromkeys(BANDS, chosen)
+
+    def _tune(self, role: str, runner: GraphRunner) -> None:
+        """The cached plans for this graph on this CPU, else time them (one process at a time) and cache."""
+        key = cache_key(runner, self._graph_sha256(role))
+        cached = read_cached(key)
+        if cached is None:
+            with tuning_lock(key):  # another worker of the same server may time it meanwhile: read again
+                cached = read_cached(key) or self._time_plans(role, runner, key)
+        runner.plans.update(cached)
+
+    def _time_plans(self, role: str, runner: GraphRunner, key: dict[str, Any]) -> dict[Band, Plan]:
+        outputs = [o.name for o in runner.default.get_outputs()]
+        timings = runner.tune(outputs, lambda size: self._timing_feeds(role, size))
+        write_cached(key, runner.plans, timings)
+        log.info("%s %s: timed plans %s", self.name, role, timings)
+        return dict(runner.plans)
+
+    def _graph_sha256(self, role: str) -> str:
+        recorded = (self.info.get("files") or {}).get(self._paths[role].name)
+        return str(recorded) if recorded else file_sha256(self._paths[role])
+
+    def _timing_feeds(self, role: str, batch_size: int) -> dict[str, np.ndarray]:
+        """A synthetic batch for timing: random ordinary pieces, lengths spread from TUNE_LENGTH tokens
+        down to half of it (serving pads a batch to its longest text), one mask per text."""
+        rng = np.random.default_rng(batch_size)
+        width = min(TUNE_LENGTH, self.max_length)
+        lengths = np.linspace(width, max(3, width // 2), batch_size).astype(np.int64)
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        ids = rng.integers(NUM_SPECIAL, self.tokenizer.vocab_size, size=(batch_size, width)) * mask
+        ids[:, 0] = CLS_ID
+        feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
+        if role == "pretraining":
+            feeds["masked_positions"] = np.ones((batch_size, 1), dtype=np.int64)
+        return feeds
+
+    @property
+    def plans(self) -> dict[str, dict[str, str]]:
+        """Per graph, per batch-size band: the plan it runs with."""
+        return {
+            role: {str(band): str(plan) for band, plan in runner.plans.items()}
+            for role, runner in self._runners.items()
+        }
+
+    def close(self) -> None:
+        """Stop the threads that run batch chunks (sessions are freed with the engine)."""
+        for runner in self._runners.values():
+            runner.close()
 
     # --- consistency ------------------------------------------------------------------------------
     def _open_tokenizer(self) -> Tokenizer:
@@ -215,9 +297,10 @@ class Engine:
             *(["attention"] if self._has["attention"] else []),
         ]
 
-    @property
+    @functools.cached_property
     def language(self) -> str:
-        """bundle.json's `language`, else guessed from the vocabulary (see detect_language)."""
+        """bundle.json's `language`, else guessed from the vocabulary (see detect_language), once: routing
+        asks for it on every request, and the guess reads the whole vocabulary."""
         recorded = self.info.get("language")
         return str(recorded) if recorded else detect_language(self.tokenizer)
 
@@ -231,13 +314,13 @@ class Engine:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(mlm_logits (B, P, V) at masked_positions, nsp_logits (B, 2))."""
         feeds = {**batch.as_dict(), "masked_positions": masked_positions.astype(np.int64)}
-        mlm_logits, nsp_logits = self.pretraining.run(["mlm_logits", "nsp_logits"], feeds)
+        mlm_logits, nsp_logits = self._runners["pretraining"].run(["mlm_logits", "nsp_logits"], feeds)
         return mlm_logits, nsp_logits
 
     def run_classifier(self, batch: BatchEncoding) -> np.ndarray:
-        if self.classifier is None:
+        if "classifier" not in self._runners:
             raise RuntimeError(f"bundle {self.folder} has no {CLASSIFIER_FILE}: it cannot classify")
-        return self.classifier.run(["logits"], batch.as_dict())[0]
+        return self._runners["classifier"].run(["logits"], batch.as_dict())[0]
 
     @property
     def attention_session(self) -> ort.InferenceSession:
@@ -277,40 +360,48 @@ class Engine:
             found = np.flatnonzero(is_mask[row])
             positions[row, : len(found)] = found
         mlm_logits, _ = self.run_pretraining(batch, positions)
-        probs = softmax(mlm_logits)  # (B, P, V)
-        top_k = min(top_k, probs.shape[-1])
+        # Scores straight from the logits: the top_k are the same, and only the normaliser needs all V.
+        normaliser = logsumexp(mlm_logits)  # (B, P)
+        top_k = min(top_k, mlm_logits.shape[-1])
         results = []
         for row in range(len(texts)):
             ids = batch.input_ids[row][batch.attention_mask[row] == 1]
             masks = np.flatnonzero(is_mask[row])
             results.append(
                 [
-                    self._predictions(ids, pos, probs[row, i], top_k, with_sequence)
+                    self._predictions(ids, pos, mlm_logits[row, i], normaliser[row, i], top_k, with_sequence)
                     for i, pos in enumerate(masks)
                 ]
             )
         return results
 
     def _predictions(
-        self, ids: np.ndarray, position: int, probs: np.ndarray, top_k: int, with_sequence: bool
+        self,
+        ids: np.ndarray,
+        position: int,
+        logits: np.ndarray,
+        normaliser: float,
+        top_k: int,
+        with_sequence: bool,
     ) -> list[dict]:
-        # argpartition finds the top_k of the V scores in O(V); only those k are then sorted.
+        # argpartition finds the top_k of the V logits in O(V); only those k are then sorted.
         candidates = (
-            np.argpartition(-probs, top_k - 1)[:top_k] if top_k < probs.size else np.arange(probs.size)
+            np.argpartition(-logits, top_k - 1)[:top_k] if top_k < logits.size else np.arange(logits.size)
         )
-        best = candidates[np.lexsort((candidates, -probs[candidates]))]  # by score, ties by id
+        best = candidates[np.lexsort((candidates, -logits[candidates]))]  # by score, ties by id
+        scores = np.exp(logits[best].astype(np.float64) - normaliser)
+        if with_sequence:  # as Hugging Face's pipeline: the text with this mask filled, other masks visible
+            kept = [t if i != position else -1 for i, t in enumerate(ids.tolist()) if t not in _FRAME_IDS]
+            slot = kept.index(-1)
         out = []
-        for token in best:
+        for token, score in zip(best.tolist(), scores.tolist(), strict=True):
             prediction = {
-                "score": float(probs[token]),
-                "token": int(token),
-                "token_str": self.tokenizer.decode([int(token)], skip_special_tokens=False),
+                "score": score,
+                "token": token,
+                "token_str": self.tokenizer.decode([token], skip_special_tokens=False),
             }
             if with_sequence:
-                filled = ids.copy()
-                filled[position] = token
-                # As Hugging Face's pipeline: the text with this mask filled; other masks stay visible.
-                kept = [int(t) for t in filled if t not in _FRAME_IDS]
+                kept[slot] = token
                 prediction["sequence"] = self.tokenizer.decode(kept, skip_special_tokens=False)
             out.append(prediction)
         return out

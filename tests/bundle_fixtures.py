@@ -8,6 +8,7 @@ Loaded from conftest.py through pytest_plugins. Random weights: these fixtures t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 
 LABEL_NAMES = ["negative", "positive"]
+# Engines (and the servers tests start) run the fixed plan unless a test asks for another: timing plans
+# would cost each load a moment and write to the user's cache (tests/test_runtime.py covers "auto").
+os.environ.setdefault("POCKETBERT_ENGINE_PLAN", "fixed")
 
 
 @dataclass

@@ -175,3 +175,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not found (real corpora are optional for the test suite)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_run(tmp_path_factory: pytest.TempPathFactory, prepared: Path) -> Path:
+    """A `pocketbert pretrain` run folder (2 steps of the tiny model): checkpoint.pt, model.pt, metrics."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("pretrain-run") / "run"
+    argv = ["pretrain", "--data", str(prepared), "--out", str(out), "--steps", "2", "--batch-size", "8"]
+    tiny = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64"]
+    running = ["--eval-batches", "1", "--threads", "1", "--device", "cpu"]
+    assert main([*argv, *tiny, *running]) == 0
+    return out

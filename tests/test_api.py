@@ -586,23 +586,43 @@ def test_cors_origins_are_allowed(tiny_bundle: Path) -> None:
 
 
 def test_serve_command_starts_uvicorn_with_the_settings(
-    monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path
+    monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path, tmp_path: Path
 ) -> None:
     import uvicorn
 
+    from model.plans import available_cores
     from training.cli import main
 
     calls: list[tuple] = []
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
     # run() writes the options to the environment; setenv first so monkeypatch restores it afterwards
-    for key, value in (("BUNDLES", "unset"), ("MAX_BATCH_SIZE", "32"), ("LOG_LEVEL", "info")):
+    for key, value in (
+        ("BUNDLES", "unset"),
+        ("MAX_BATCH_SIZE", "32"),
+        ("LOG_LEVEL", "info"),
+        ("WORKERS", "1"),
+    ):
         monkeypatch.setenv(f"POCKETBERT_{key}", value)
-    assert main(["serve", "--bundles", str(tiny_bundle), "--port", "8123", "--max-batch-size", "4"]) == 0
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))  # several workers: used
+    argv = [
+        "serve",
+        "--bundles",
+        str(tiny_bundle),
+        "--port",
+        "8123",
+        "--max-batch-size",
+        "4",
+        "--workers",
+        "2",
+    ]
+    assert main(argv) == 0
     ((args, kwargs),) = calls
     assert args == ("app.main:factory",) and kwargs["factory"] is True
-    assert kwargs["port"] == 8123 and kwargs["host"] == "127.0.0.1" and kwargs["workers"] == 1
+    assert kwargs["port"] == 8123 and kwargs["host"] == "127.0.0.1" and kwargs["workers"] == 2
     settings = Settings()  # what each uvicorn worker's factory will read
     assert settings.bundles == [tiny_bundle] and settings.max_batch_size == 4
+    assert settings.workers == 2 and settings.inference_threads == max(1, available_cores() // 2)
+    assert (tmp_path / "metrics").is_dir()
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
@@ -635,10 +655,14 @@ def test_serve_refuses_a_path_without_bundles_in_one_line(
     assert all("POCKETBERT_BUNDLES" not in line for line in lines) or how == "environment"
 
 
-def test_tokenizer_checks_run_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The [MASK] and token-count checks tokenize: they run in the cpu worker threads, never on the event
-    loop's thread, so /healthz and other requests are answered meanwhile."""
+def test_tokenizer_checks_run_off_the_event_loop_unless_small(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The [MASK] and token-count checks tokenize: for a large request they run in the cpu worker threads,
+    never on the event loop's thread, so /healthz and other requests are answered meanwhile; a small one
+    (up to INLINE_CHARS characters) is checked right on the event loop, cheaper than the hop."""
     from app.registry import ServedModel
+    from app.service import INLINE_CHARS
 
     threads: list[str] = []
     for name in ("check_masks", "check_texts", "check_pairs"):
@@ -649,10 +673,17 @@ def test_tokenizer_checks_run_off_the_event_loop(client: TestClient, monkeypatch
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(ServedModel, name, record)
+    big = "a " * (INLINE_CHARS // 8 + 1)  # four of them: more than INLINE_CHARS characters in all
+    masked = {"inputs": ["[MASK] " + big] * 4, "truncate": True}
+    assert client.post("/fill-mask", json=masked).status_code == 200
+    assert client.post("/classify", json={"inputs": [big] * 4, "truncate": True}).status_code == 200
+    pairs = {"pairs": [[big, big]] * 2, "truncate": True}
+    assert client.post("/next-sentence", json=pairs).status_code == 200
+    assert len(threads) == 3 and all(name.startswith("cpu") for name in threads), threads
+    threads.clear()
     assert client.post("/fill-mask", json={"inputs": "a [MASK]."}).status_code == 200
     assert client.post("/classify", json={"inputs": "a"}).status_code == 200
-    assert client.post("/next-sentence", json={"pairs": ["a", "b"]}).status_code == 200
-    assert len(threads) == 3 and all(name.startswith("cpu") for name in threads), threads
+    assert len(threads) == 2 and not any(name.startswith("cpu") for name in threads), threads
 
 
 def test_a_fault_outside_the_engine_is_500_with_an_error_id(caplog: pytest.LogCaptureFixture) -> None:

@@ -91,3 +91,53 @@ def test_a_broken_import_inside_the_project_is_not_hidden(
     with pytest.raises(ModuleNotFoundError) as error:
         main(["plot", "run"])
     assert error.value.name == module_name
+
+
+def command_help(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # help wraps lines: compare on single spaces
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture) -> None:
+    text = command_help(["tokenizer", "train"], capsys)
+    assert "pieces in the vocabulary, specials included (default: 8000)" in text
+    assert "(keeps memory bounded on large corpora) (default: 2000000)" in text
+    assert "--verbose show SentencePiece's training log" in text  # a switch: no "(default: False)"
+    text = command_help(["finetune"], capsys)
+    assert "--evals-per-epoch EVALS_PER_EPOCH dev evaluations per epoch (default 1)" in text  # stated once
+    assert "default: None" not in text and "(default: False)" not in text
+    assert "--log-every LOG_EVERY write a training metrics row every N steps (default: 20)" in text
+    assert "--batch-size BATCH_SIZE rows per engine call (default: 64)" in command_help(["predict"], capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage"),
+    [
+        (["pretrain", "--data", "d", "--out", "o", "--stepz", "3"], "usage: pocketbert pretrain"),
+        (
+            ["tokenizer", "train", "--input", "x", "--out", "o", "--vocab", "80", "--oops"],
+            "usage: pocketbert tokenizer train",
+        ),
+    ],
+)
+def test_an_option_typo_shows_the_commands_usage(
+    argv: list[str], usage: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage)
+    assert f"error: unrecognized arguments: {argv[-2] if argv[0] == 'pretrain' else '--oops'}" in err
+
+
+def test_the_license_is_an_spdx_string() -> None:
+    """setuptools warns about a `project.license` table; the SPDX string form needs setuptools 77."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]

@@ -18,7 +18,14 @@ from model.tokenizer import file_sha256
 from training.errors import CLIError
 from training.export import ParityError, export_bundle, random_batches
 
-BUNDLE_FILES = {"bundle.json", "tokenizer.model", "pretraining.onnx", "classifier.onnx", "attention.onnx"}
+BUNDLE_FILES = {
+    "bundle.json",
+    "tokenizer.model",
+    "pretraining.onnx",
+    "classifier.onnx",
+    "attention.onnx",
+    "reference.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,7 @@ def optimized_int8_bundle(tmp_path_factory, tiny_checkpoints, tiny_corpus):
     lines = [line for line in tiny_corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     eval_text = tmp / "heldout.txt"
     eval_text.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
-    eval_dev = tmp / "dev.tsv"
+    eval_dev = tmp / "dev.tsv"  # beside the bundle folder: test_int8_checks_are_run_and_recorded reads it
     eval_dev.write_text(
         "sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(lines[:30])), encoding="utf-8"
     )
@@ -71,6 +78,10 @@ def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> No
     assert set(info["files"]) == BUNDLE_FILES - {"bundle.json"}
     for name, digest in info["files"].items():
         assert file_sha256(tiny_bundle / name) == digest
+    # a third of the tiny corpus is Korean, so more than a fifth of its pieces hold Hangul: "ko"
+    assert info["language"] == "ko"
+    reference = json.loads((tiny_bundle / "reference.json").read_text(encoding="utf-8"))
+    assert reference["cases"], "export records the graphs' outputs for the load-time self-test"
     assert {k: v for k, v in info["export"].items() if k != "graphs"} == {
         "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
         "opset": 17,
@@ -154,19 +165,85 @@ def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:
     assert info["export"]["quantization"] == "int8"
 
 
-def test_int8_checks_are_run_and_recorded(optimized_int8_bundle) -> None:
+def test_int8_checks_are_run_and_recorded(optimized_int8_bundle, tiny_checkpoints, tiny_tokenizer) -> None:
     out, info = optimized_int8_bundle
     fill_mask = info["checks"]["int8"]["fill_mask"]
-    assert fill_mask["run"] and fill_mask["sentences"] == 40
-    assert 0.0 <= fill_mask["top1_agreement"] <= 1.0
-    assert fill_mask["passed"] == (fill_mask["top1_agreement"] >= 0.95)
+    assert fill_mask["run"] and fill_mask["sentences"] == 40 and fill_mask["threshold"] == 0.95
     classifier = info["checks"]["int8"]["classifier"]
     assert classifier["run"] and classifier["examples"] == 30 and classifier["task"] == "sst2"
-    assert classifier["drop_points"] == pytest.approx(
-        classifier["fp32_accuracy"] - classifier["int8_accuracy"]
-    )
-    assert classifier["passed"] == (classifier["drop_points"] <= 0.5)
+    # the accuracies, recomputed independently: torch's classifier for fp32, the served INT8 engine
+    texts, labels = _eval_dev_rows(out.parent / "dev.tsv")
+    model, _ = load_model(tiny_checkpoints.classifier)
+    with torch.inference_mode():
+        fp32_predictions = [
+            int(model(torch.tensor([tiny_tokenizer.encode(t, max_length=64).input_ids])).logits.argmax())
+            for t in texts
+        ]
+    int8_predictions = [
+        ["negative", "positive"].index(r[0]["label"]) for r in Engine.load(out, 1).classify(texts)
+    ]
+    fp32_accuracy = 100 * sum(p == y for p, y in zip(fp32_predictions, labels, strict=True)) / 30
+    int8_accuracy = 100 * sum(p == y for p, y in zip(int8_predictions, labels, strict=True)) / 30
+    assert classifier["fp32_accuracy"] == pytest.approx(fp32_accuracy)
+    assert classifier["int8_accuracy"] == pytest.approx(int8_accuracy)
+    assert classifier["passed"] == (fp32_accuracy - int8_accuracy <= 0.5)
     assert load_manifest(out) == info  # what export returned is what it wrote
+
+
+def _eval_dev_rows(path: Path) -> tuple[list[str], list[int]]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return [line.split("\t")[0] for line in lines], [int(line.split("\t")[1]) for line in lines]
+
+
+class StubEngine:
+    """One ordinary token per sentence ("[CLS] t [SEP]", t = int(text)); predicts guess(t) at the mask."""
+
+    vocab_size = 20
+
+    def __init__(self, guess) -> None:
+        self.guess = guess
+
+    def encode(self, texts: list[str]):
+        from types import SimpleNamespace
+
+        originals = [int(t) for t in texts]
+        return SimpleNamespace(input_ids=np.array([[4, t, 5] for t in originals]), originals=originals)
+
+    def run_pretraining(self, batch, positions: np.ndarray):
+        assert (positions[:, 0] == 1).all() and (batch.input_ids[:, 1] == 6).all()  # [MASK] at the token
+        logits = np.zeros((len(batch.originals), 1, self.vocab_size), dtype=np.float32)
+        for row, original in enumerate(batch.originals):
+            logits[row, 0, self.guess(original)] = 1.0
+        return logits, np.zeros((len(batch.originals), 2), dtype=np.float32)
+
+
+def test_fill_mask_agreement_on_a_hand_computed_case() -> None:
+    from training.export import fill_mask_agreement
+
+    reference = StubEngine(lambda t: t)  # always right
+    candidate = StubEngine(lambda t: t if t % 2 == 0 else 7)  # right on 10 and 12, wrong on 11 and 13
+    report = fill_mask_agreement(reference, candidate, ["10", "11", "12", "13"])
+    assert report == {
+        "sentences": 4,
+        "top1_agreement": 0.5,
+        "fp32_top1_accuracy": 1.0,
+        "int8_top1_accuracy": 0.5,
+        "passed": False,
+        "threshold": 0.95,
+    }
+
+
+def test_classifier_accuracy_on_a_hand_computed_case() -> None:
+    from types import SimpleNamespace
+
+    from training.export import classifier_accuracy
+
+    logits = {"a": [2.0, 0.0], "b": [0.0, 1.0], "c": [0.0, 3.0]}  # predicts 0, 1, 1
+    engine = SimpleNamespace(
+        encode=lambda texts: texts,
+        run_classifier=lambda texts: np.array([logits[t] for t in texts]),
+    )
+    assert classifier_accuracy(engine, ["a", "b", "c"], [0, 0, 1]) == pytest.approx(100 * 2 / 3)
 
 
 def test_int8_engine_stays_close_to_fp32(optimized_int8_bundle, tiny_bundle: Path) -> None:
@@ -273,3 +350,70 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         Engine.load(tmp_path)
     with pytest.raises(BundleError, match="no such folder"):
         Engine.load(tmp_path / "absent")
+
+
+# --- a trainer's checkpoint.pt, and bundles without a classifier -------------------------------------
+def test_export_from_a_training_checkpoint_without_a_classifier(
+    tiny_pretrain_run: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """`pocketbert export --pretrained run/checkpoint.pt` (no --classifier): a fill-mask bundle."""
+    from training.cli import main
+
+    out = tmp_path / "mlm"
+    argv = ["export", "--pretrained", str(tiny_pretrain_run / "checkpoint.pt"), "--out", str(out)]
+    assert main([*argv, "--tokenizer", str(tiny_tokenizer_dir), "--threads", "1"]) == 0
+    assert {p.name for p in out.iterdir()} == BUNDLE_FILES - {"classifier.onnx"}
+    info = load_manifest(out)
+    assert info["tasks"] == ["fill-mask", "next-sentence", "attention"]
+    assert info["label_names"] == [] and info["classifier_config"] is None
+    assert info["metrics"]["pretraining_step"] == 2
+    engine = Engine.load(out, intra_op_threads=1)
+    assert engine.tasks == info["tasks"] and engine.classifier is None
+    [[predictions]] = engine.fill_mask(["the cat [MASK] the park."], top_k=3)
+    assert len(predictions) == 3
+    with pytest.raises(RuntimeError, match="no classifier.onnx"):
+        engine.classify(["the cat"])
+    # the graph holds the checkpoint's weights: the MLM logits are the torch model's
+    model, _ = load_model(tiny_pretrain_run / "checkpoint.pt")
+    batch = engine.encode(["the cat [MASK] the park."])
+    positions = np.array([[3]])
+    with torch.inference_mode():
+        expected = model(
+            *(
+                torch.from_numpy(batch.as_dict()[k])
+                for k in ("input_ids", "token_type_ids", "attention_mask")
+            ),
+            masked_positions=torch.from_numpy(positions),
+        ).mlm_logits.numpy()
+    assert np.abs(engine.run_pretraining(batch, positions)[0] - expected).max() <= 1e-4
+    # a dev set to score needs the classifier
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                *argv[:-1],
+                str(tmp_path / "x"),
+                "--tokenizer",
+                str(tiny_tokenizer_dir),
+                "--eval-dev",
+                str(out / "bundle.json"),
+            ]
+        )
+        == 2
+    )
+    assert "--eval-dev scores the classifier" in capsys.readouterr().err
+
+
+def test_export_refuses_an_existing_folder_before_any_work(
+    tmp_path: Path, tiny_checkpoints, monkeypatch
+) -> None:
+    import training.export as export
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoints were read before the output folder was checked")
+
+    monkeypatch.setattr(export, "_load_checkpoint", no_work)
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "old.txt").write_text("x")
+    with pytest.raises(CLIError, match="already exists"):
+        export_bundle(tiny_checkpoints.pretrained, None, tiny_checkpoints.tokenizer_dir, tmp_path / "bundle")

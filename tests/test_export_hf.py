@@ -131,3 +131,19 @@ def test_tokenizer_recorded_in_the_checkpoint_is_used(
     )  # as finetune does
     out = export_hf(tmp_path / "model.pt", tmp_path / "hf")
     assert (out / "spiece.model").read_bytes() == tiny_tokenizer.path.read_bytes()
+
+
+def test_a_trainers_checkpoint_is_accepted(tiny_pretrain_run: Path, tmp_path: Path) -> None:
+    """`export-hf run/checkpoint.pt` (as `finetune --init` takes it): its weights, its recorded tokenizer."""
+    from safetensors.torch import load_file
+
+    from model.checkpoint import read_weights
+    from training.cli import main
+
+    assert main(["export-hf", str(tiny_pretrain_run / "checkpoint.pt"), str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text(encoding="utf-8"))
+    assert config["architectures"] == ["BertForPreTraining"]
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    trained = read_weights(tiny_pretrain_run / "checkpoint.pt").state
+    assert exported.keys() <= trained.keys()
+    assert all(exported[k].equal(trained[k]) for k in exported)

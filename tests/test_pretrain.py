@@ -44,9 +44,9 @@ def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def losses(metrics: Path) -> list[dict]:
-    """Every row without its timing fields (those differ between any two runs)."""
+    """Every row without its timing and memory fields (those differ between any two runs)."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("tokens_per_s", "rss_mb")} for row in rows]
 
 
 # --- optimiser and schedule --------------------------------------------------------------------------
@@ -90,6 +90,23 @@ def test_data_order_is_a_function_of_seed_and_epoch() -> None:
     assert sum(bool((b >= 50).all()) for b in mixed) == 2 and len(mixed) == 6 + 2
     assert len(set(torch.cat(mixed).tolist())) == 64
     assert [b.tolist() for b in epoch_batches([50], 8, 3, 1)] == [b.tolist() for b in a]
+
+
+def test_heap_trimmer_trims_once_the_process_has_grown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.loop as loop
+
+    resident = iter([1000, 1100, 1200, 1257, 1050, 1300, 1307, 1040])  # MB, read after each step
+    monkeypatch.setattr(loop, "resident_mb", lambda: next(resident))
+    trims: list[int] = []
+    trimmer = loop.HeapTrimmer(slack_mb=256)
+    trimmer._trim = trims.append  # stands for glibc's malloc_trim
+    for _ in range(4):
+        trimmer.after_step()
+    assert len(trims) == 1  # the first step sets the level (1000); 1257 is past 1000 + 256
+    for _ in range(4):
+        trimmer.after_step()
+    assert len(trims) == 2  # the step after the trim sets it anew (1050); 1307 is past 1050 + 256
+    assert trimmer.level_mb == 1040
 
 
 # --- the command --------------------------------------------------------------------------------------
@@ -169,6 +186,20 @@ def test_resume_drops_a_row_cut_short_by_a_kill(
     metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
     assert main(pretrain_args(prepared, out, *options, "--resume")) == 2
     assert "metrics.jsonl:2: not a JSON object" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_reporting_options(prepared: Path, tmp_path: Path) -> None:
+    """A bare --resume logs, evaluates and saves as the run did, not at the defaults (10 / 100 / 500)."""
+    out = tmp_path / "run"
+    reporting = ["--log-every", "3", "--eval-every", "4", "--save-every", "2", "--eval-batches", "1"]
+    assert main(pretrain_args(prepared, out, "--steps", "8", *reporting, "--stop-at", "2")) == 0
+    bare = ["pretrain", "--data", str(prepared), "--out", str(out), "--resume", "--threads", "1"]
+    assert main([*bare, "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [3, 6]
+    assert [r["step"] for r in rows if r["split"] == "valid"] == [0, 4, 8]
+    args = torch.load(out / "checkpoint.pt", weights_only=False)["args"]
+    assert (args["log_every"], args["eval_every"], args["save_every"], args["eval_batches"]) == (3, 4, 2, 1)
 
 
 def test_resume_with_a_new_schedule_takes_effect(
@@ -263,7 +294,8 @@ def test_outputs_metrics_plot_and_export_checkpoint(prepared: Path, tmp_path: Pa
     train = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in valid] == [0, 20, 40] and len(train) == 8
     assert {"mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"} <= valid[-1].keys()
-    assert {"loss", "mlm_loss", "nsp_loss", "lr", "tokens_per_s"} <= train[-1].keys()
+    assert {"loss", "mlm_loss", "nsp_loss", "lr", "tokens_per_s", "rss_mb"} <= train[-1].keys()
+    assert all(50 < r["rss_mb"] < 4000 for r in train)  # a live process's resident MB
     assert valid[-1]["mlm_loss"] < valid[0]["mlm_loss"]  # it learns something
     assert (out / "metrics.png").stat().st_size > 1000
 
@@ -341,7 +373,7 @@ def test_signal_saves_checkpoint_and_exits_cleanly(
             assert time.monotonic() < deadline, "pretrain did not start"
             time.sleep(0.2)
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=240)  # saving and plotting: slow on a busy machine
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -352,4 +384,4 @@ def test_signal_saves_checkpoint_and_exits_cleanly(
     assert 0 < state["step"] < 100000
     _, metadata = load_model(out / "model.pt")
     assert metadata["step"] == state["step"]
-    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary files
+    assert not list(out.glob(".*.tmp-*"))  # atomic writes leave no temporary files

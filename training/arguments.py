@@ -12,10 +12,28 @@ from training.corpus import DEFAULT_TEXT_COLUMNS, INPUT_FORMATS
 from training.tasks import TASK_FORMATS
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default: "(default: X)" is added to a help text that does not state it already.
+
+    Options without a default (None, or off for a switch) get nothing, so no help reads "default: None".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     train = sub.add_parser(
         "train",
+        formatter_class=HelpFormatter,
         help="train a SentencePiece tokenizer on text files",
         description="Train a SentencePiece tokenizer whose ids 0-6 are "
         "[PAD] [UNK] [BOS] [EOS] [CLS] [SEP] [MASK].",
@@ -51,6 +69,7 @@ def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
 
     stats = sub.add_parser(
         "stats",
+        formatter_class=HelpFormatter,
         help="compare tokenizers on texts: pieces per text, [UNK] and single-jamo shares",
         description="Encode each text file with each tokenizer and print (and optionally write) a table of "
         "pieces per text, characters per piece, [UNK] share and single-jamo share.",
@@ -202,7 +221,9 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--seed", type=int, help="seed of initialisation, data order and masks (default 0)")
 
-    run_ = parser.add_argument_group("running")
+    run_ = parser.add_argument_group(
+        "running (--eval-every, --eval-batches, --save-every, --log-every: on --resume, the checkpoint's)"
+    )
     run_.add_argument(
         "--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)"
     )
@@ -217,14 +238,14 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument(
         "--threads", type=int, help="torch CPU threads (default: all cores, split between DDP ranks)"
     )
-    run_.add_argument("--eval-every", type=int, default=100, help="evaluate on the valid split every N steps")
     run_.add_argument(
-        "--eval-batches", type=int, default=50, help="validation batches per evaluation (default 50)"
+        "--eval-every", type=int, help="evaluate on the valid split every N steps (default 100)"
     )
+    run_.add_argument("--eval-batches", type=int, help="validation batches per evaluation (default 50)")
     run_.add_argument(
-        "--save-every", type=int, default=500, help="write checkpoint.pt every N steps (and at the end)"
+        "--save-every", type=int, help="write checkpoint.pt every N steps, and at the end (default 500)"
     )
-    run_.add_argument("--log-every", type=int, default=10, help="write a training metrics row every N steps")
+    run_.add_argument("--log-every", type=int, help="write a training metrics row every N steps (default 10)")
     run_.add_argument(
         "--stop-at",
         type=int,
@@ -283,6 +304,12 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--out", required=True, help="output folder: model.pt (best seed), results.json, metrics"
     )
+    model.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in --out (checkpoint.pt: finished seeds, the seed in progress at "
+        "its last epoch); without it such a run is continued too when its settings are these",
+    )
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument(
@@ -321,10 +348,16 @@ def plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--pretrained", required=True, metavar="CKPT", help="pretraining model checkpoint (from `pretrain`)"
+        "--pretrained",
+        required=True,
+        metavar="CKPT",
+        help="pretraining model.pt or checkpoint.pt (from `pretrain`)",
     )
     parser.add_argument(
-        "--classifier", required=True, metavar="CKPT", help="classifier model checkpoint (from `finetune`)"
+        "--classifier",
+        metavar="CKPT",
+        help="classifier model.pt (from `finetune`); without it the bundle serves fill-mask and "
+        "next-sentence only",
     )
     parser.add_argument(
         "--tokenizer",
@@ -378,7 +411,7 @@ def export_hf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",
-        help="a pretraining (-> fill-mask) or classifier (-> text-classification) checkpoint",
+        help="a pretraining (-> fill-mask) or classifier (-> text-classification) model.pt or checkpoint.pt",
     )
     parser.add_argument(
         "out", metavar="OUT", help="folder to write (config.json, model.safetensors, tokenizer files)"
@@ -417,3 +450,49 @@ def recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="STAGE", help="run just these stages (even when done), e.g. --only card"
     )
+
+
+PREDICT_TASKS = ("classify", "fill-mask", "next-sentence")
+PREDICT_FORMATS = ("auto", "lines", "tsv", "csv", "jsonl")
+
+
+def predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bundle", required=True, metavar="DIR", help="a bundle folder (from `pocketbert export`)"
+    )
+    parser.add_argument("--task", required=True, choices=PREDICT_TASKS, help="what to compute for each row")
+    parser.add_argument(
+        "--input", required=True, metavar="FILE", help="texts to score: .txt, .tsv, .csv or .jsonl (.gz too)"
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="FILE", help="JSON Lines, one object per scored row (replaced)"
+    )
+    parser.add_argument(
+        "--format",
+        dest="input_format",
+        choices=PREDICT_FORMATS,
+        default="auto",
+        help="layout of --input; auto: from its suffix (.tsv, .csv, .jsonl, else one text a line)",
+    )
+    parser.add_argument(
+        "--text-column",
+        metavar="NAME",
+        help="column / field holding the text (default: the first of "
+        f"{', '.join(DEFAULT_TEXT_COLUMNS)} present)",
+    )
+    parser.add_argument(
+        "--pair-column",
+        metavar="NAME",
+        help="next-sentence: column / field of the second sentence (plain lines: first<TAB>second)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per engine call")
+    parser.add_argument("--top-k", type=int, default=5, help="fill-mask: predictions per [MASK]")
+    parser.add_argument(
+        "--on-error",
+        choices=("skip", "stop"),
+        default="skip",
+        help="a bad row (empty text, wrong field count, invalid JSON): report its line and skip it, or "
+        "stop with an error",
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -400,6 +400,15 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             f"{_pct(a.get('nsp_acc'))} | {_pct(a.get('probe_dev_acc'), 2)} |"
             for a in data["study"]["arms"]
         ]
+        if data["study"].get("finetune_lr"):
+            out += [
+                "",
+                "Fine-tuning learning rate (the probe of the starting point, dev accuracy):",
+                "",
+                "| peak lr | probe dev acc |",
+                "|---|---|",
+            ]
+            out += [f"| {r['lr']} | {_pct(r['probe_dev_acc'], 2)} |" for r in data["study"]["finetune_lr"]]
         out.append("")
 
     hours = pre.get("hours", 0) + (data.get("adapt") or {}).get("hours", 0)

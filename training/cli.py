@@ -69,6 +69,12 @@ COMMANDS: dict[str, Command] = {
         "train",
         arguments.recipe_arguments,
     ),
+    "predict": Command(
+        "model.predict",
+        "score a file of texts with a bundle (classify, fill-mask, next-sentence) into JSON Lines",
+        "serve",
+        arguments.predict_arguments,
+    ),
     # serve describes its own options (its module is light too).
     "serve": Command("app.serve", "serve model bundles over HTTP", "serve"),
 }
@@ -79,11 +85,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pocketbert",
         description="Pretrain a small BERT, fine-tune it, export it to ONNX and serve it.",
+        formatter_class=arguments.HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, spec in COMMANDS.items():
         command_parser = sub.add_parser(
-            name, help=spec.help, description=spec.help[:1].upper() + spec.help[1:] + "."
+            name,
+            help=spec.help,
+            description=spec.help[:1].upper() + spec.help[1:] + ".",
+            formatter_class=arguments.HelpFormatter,
         )
         if name == command:
             add_arguments = spec.add_arguments or _load(name).add_arguments
@@ -105,10 +115,27 @@ def _load(name: str) -> ModuleType:
         ) from exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse argv; an option no command knows is reported with the usage of the command it was given to
+    (argparse would print the top-level usage, which does not list the command's options)."""
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    parser = build_parser(command if command in COMMANDS else None)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        innermost_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that args were parsed for, e.g. `pocketbert tokenizer train`'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None):
+            return innermost_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(_load(args.command).run(args) or 0)
     except (CLIError, TokenizerError) as exc:

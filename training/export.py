@@ -1,8 +1,10 @@
-"""`pocketbert export`: a pretraining and a classifier checkpoint -> an ONNX bundle the web service loads.
+"""`pocketbert export`: a pretraining checkpoint (and optionally a classifier) -> an ONNX bundle the web
+service loads. Either may be a model.pt or a trainer's checkpoint.pt.
 
 Steps, all in a scratch folder; the bundle folder appears (by rename) only when every check passed:
-1. export pretraining.onnx (MLM logits at masked_positions + NSP), classifier.onnx and attention.onnx
-   from eager-attention copies of the models (training/onnx_utils.py explains the exporter choice);
+1. export pretraining.onnx (MLM logits at masked_positions + NSP), classifier.onnx (with a classifier)
+   and attention.onnx from eager-attention copies of the models (training/onnx_utils.py explains the
+   exporter choice);
 2. parity: onnxruntime vs torch on random padded two-segment batches, max abs <= 1e-4, else refuse;
 3. --optimize: onnxruntime's BERT fusions (counts recorded), parity again on the fused fp32 graphs;
 4. --quantize int8: dynamic INT8, then fill-mask top-1 agreement and classifier accuracy against fp32
@@ -28,13 +30,13 @@ import onnxruntime
 import torch
 
 from model.bert import BertForPreTraining
-from model.bundle import FORMAT_VERSION, MANIFEST, REQUIRED_FILES, checksums
+from model.bundle import FORMAT_VERSION, MANIFEST, REQUIRED_FILES, TOKENIZER_FILE, bundle_tasks, checksums
 from model.checkpoint import load_model
-from model.engine import Engine, make_session
+from model.engine import Engine, detect_language, make_session, write_reference
 from model.tokenizer import MASK_ID, NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer
 from training import onnx_utils
 from training.errors import CLIError
-from training.publish import staged
+from training.publish import check_replaceable, staged
 from training.tasks import TASK_FORMATS, read_task
 from training.textio import iter_lines
 
@@ -213,7 +215,7 @@ def _log(message: str, quiet: bool) -> None:
 
 def export_bundle(
     pretrained: str | Path,
-    classifier: str | Path,
+    classifier: str | Path | None,
     tokenizer_dir: str | Path,
     out_dir: str | Path,
     quantize: str | None = None,
@@ -229,26 +231,34 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Write the bundle folder out_dir atomically and return its bundle.json content.
 
-    max_length=None takes the classifier checkpoint's max_length (else 128). eval_task is the format of
-    eval_dev (nsmc, sst2, csv): by default the classifier checkpoint's task, else csv. Raises CLIError
-    (ParityError when onnxruntime disagrees with torch) and leaves out_dir untouched on any failure.
+    classifier=None makes a bundle of the pretraining model alone (fill-mask and next-sentence; no
+    classifier.onnx). max_length=None takes the classifier checkpoint's max_length (else 128). eval_task
+    is the format of eval_dev (nsmc, sst2, csv): by default the classifier checkpoint's task, else csv.
+    Raises CLIError (ParityError when onnxruntime disagrees with torch) and leaves out_dir untouched on
+    any failure.
     """
     if quantize not in (None, "int8"):
         raise CLIError(f"--quantize: only 'int8' is supported, got {quantize!r}")
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, overwrite)  # before any work: a refusal should cost nothing
     for flag, path in (("--eval-text", eval_text), ("--eval-dev", eval_dev)):
         if path is not None and not Path(path).is_file():  # fail before minutes of export, not after
             raise CLIError(f"{flag} {path}: no such file")
-    out_dir = Path(out_dir)
+    if eval_dev is not None and classifier is None:
+        raise CLIError("--eval-dev scores the classifier: give --classifier too")
     pre_model, pre_meta = _load_checkpoint(pretrained, "pretraining")
-    cls_model, cls_meta = _load_checkpoint(classifier, "classification")
+    cls_model, cls_meta = _load_checkpoint(classifier, "classification") if classifier else (None, {})
     tokenizer = Tokenizer(tokenizer_dir)
     _check_tokenizer(tokenizer, pre_meta, pre_model.config.vocab_size, "pretraining")
-    _check_tokenizer(tokenizer, cls_meta, cls_model.config.vocab_size, "classifier")
-    label_names = list(cls_meta.get("label_names") or [f"LABEL_{i}" for i in range(cls_model.num_labels)])
-    if len(label_names) != cls_model.num_labels:
-        raise CLIError(f"{classifier}: {len(label_names)} label names for {cls_model.num_labels} classes")
+    label_names: list[str] = []
+    if cls_model is not None:
+        _check_tokenizer(tokenizer, cls_meta, cls_model.config.vocab_size, "classifier")
+        label_names = list(cls_meta.get("label_names") or [f"LABEL_{i}" for i in range(cls_model.num_labels)])
+        if len(label_names) != cls_model.num_labels:
+            raise CLIError(f"{classifier}: {len(label_names)} label names for {cls_model.num_labels} classes")
     max_length = int(max_length or cls_meta.get("max_length") or 128)
-    limit = min(pre_model.config.max_position_embeddings, cls_model.config.max_position_embeddings)
+    models = [m for m in (pre_model, cls_model) if m is not None]
+    limit = min(m.config.max_position_embeddings for m in models)
     if not 3 <= max_length <= limit:
         raise CLIError(f"max length {max_length} must be between 3 and the models' {limit} positions")
 
@@ -272,13 +282,9 @@ def export_bundle(
                 label_names,
                 threads,
             )
-            for name, src in (
-                ("tokenizer.model", tokenizer.path),
-                ("pretraining.onnx", final["pretraining"]),
-                ("classifier.onnx", final["classifier"]),
-                ("attention.onnx", fp32["attention"]),
-            ):
-                shutil.copyfile(src, staging / name)
+            shutil.copyfile(tokenizer.path, staging / TOKENIZER_FILE)
+            for name, graph in final.items():  # attention.onnx: always the fp32, unfused graph
+                shutil.copyfile(graph, staging / f"{name}.onnx")
         info = _manifest(
             staging,
             out_dir.name,
@@ -291,11 +297,15 @@ def export_bundle(
             label_names,
             export_report,
             {"parity": parity, "int8": int8},
-            {"pretrained": str(pretrained), "classifier": str(classifier)},
+            {"pretrained": str(pretrained), "classifier": str(classifier) if classifier else None},
         )
         (staging / MANIFEST).write_text(
             json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
+        # the graphs' outputs on fixed inputs, re-run at every load: a damaged or mismatched file fails
+        # loudly instead of answering wrongly
+        write_reference(staging)
+        info = json.loads((staging / MANIFEST).read_text(encoding="utf-8"))
         Engine.load(staging)  # the bundle must load as the service will load it
     _log(f"wrote {out_dir}", quiet)
     return info
@@ -332,7 +342,7 @@ def _build_graphs(
     _log(f"parity fp32 (max abs): {parity['fp32']}", quiet)
 
     final = dict(fp32)  # attention.onnx stays fp32 and unfused: fused Attention cannot output probabilities
-    fast = {"pretraining": pre_model, "classifier": cls_model}
+    fast = {"pretraining": pre_model, **({"classifier": cls_model} if cls_model is not None else {})}
     fusions: dict[str, dict[str, int]] = {}
     if optimize:
         for name, model in fast.items():
@@ -375,17 +385,20 @@ def _manifest(
     sources: dict,
 ) -> dict[str, Any]:
     """The content of bundle.json (see model/bundle.py for what loading requires of it)."""
+    files = checksums(staging, list(REQUIRED_FILES))
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": pre_model.config.to_dict(),
-        "classifier_config": cls_model.config.to_dict(),
+        "classifier_config": cls_model.config.to_dict() if cls_model is not None else None,
         "max_length": max_length,
         "vocab_size": tokenizer.vocab_size,
+        "language": detect_language(tokenizer),  # routes un-named requests (Hangul -> "ko")
         "special_tokens": {token: i for i, token in enumerate(SPECIAL_TOKENS)},
         "label_names": label_names,
         "task": cls_meta.get("task"),
+        "tasks": bundle_tasks({"files": files}),
         "metrics": {
             # `pretrain` writes its last validation under "valid"; "metrics" is accepted too
             "pretraining": pre_meta.get("metrics") or pre_meta.get("valid"),
@@ -396,7 +409,7 @@ def _manifest(
         "checks": checks,
         "sources": {**sources, "tokenizer_sha256": tokenizer.checksum},
         "versions": _versions(),
-        "files": checksums(staging, list(REQUIRED_FILES)),
+        "files": files,
     }
 
 
@@ -421,18 +434,13 @@ def _int8_checks(
     if quantize != "int8":
         return {"run": False, "reason": "not quantized"}
     report: dict[str, Any] = {"run": True}
-    files = {"tokenizer": "tokenizer.model"}
+    roles = [name for name in ("pretraining", "classifier") if name in final]
+    files = {"tokenizer": TOKENIZER_FILE}
     reference = Engine(
-        scratch,
-        info,
-        intra_op_threads=threads,
-        files={**files, "pretraining": fp32["pretraining"].name, "classifier": fp32["classifier"].name},
+        scratch, info, intra_op_threads=threads, files={**files, **{r: fp32[r].name for r in roles}}
     )
     candidate = Engine(
-        scratch,
-        info,
-        intra_op_threads=threads,
-        files={**files, "pretraining": final["pretraining"].name, "classifier": final["classifier"].name},
+        scratch, info, intra_op_threads=threads, files={**files, **{r: final[r].name for r in roles}}
     )
     if eval_text is None:
         report["fill_mask"] = {"run": False, "reason": "no --eval-text given"}

@@ -19,6 +19,7 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,31 @@ from typing import Any
 import torch
 
 from model.bert import BertForSequenceClassification
-from model.checkpoint import MODEL_FILENAME, load_model, read_weights, save_model
+from model.checkpoint import MODEL_FILENAME, load_model, read_weights, remove_stale_temporaries, save_model
 from model.config import BertConfig
 from model.tokenizer import Encoding, Tokenizer, pad_batch, resolve_tokenizer
+from training.checkpointing import TRAINING_STATE_FILENAME, load_training_state, save_training_state
 from training.errors import CLIError
-from training.loop import Window, clip_and_step, progress_bar
+from training.loop import HeapTrimmer, Window, clip_and_step, progress_bar
 from training.metrics_log import MetricsLog
 from training.optim import build_optimizer, build_scheduler
 from training.plot import plot_run
-from training.runtime import derived_generator, pick_device
+from training.runtime import derived_generator, pick_device, rng_state, set_rng_state
 from training.tasks import LabeledTexts, read_task, split_dev
 
 EVAL_BATCH_SIZE = 128
+# The options results.json records as the run's recipe (and that a checkpoint must share to be resumed).
+HYPERPARAMETERS = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "clip",
+    "dropout",
+    "dev_fraction",
+)
 BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few enough to stay shuffled
 
 
@@ -203,19 +217,31 @@ class SeedResult:
     seconds: float
     state: dict | None = None  # the best weights (CPU), kept only until written
 
+    def row(self) -> dict[str, Any]:
+        """The seed's row of results.json (and of the checkpoint's finished seeds)."""
+        return {k: v for k, v in vars(self).items() if k != "state"}
+
+
+SaveState = Callable[[dict[str, Any]], None]  # writes a seed's state at the end of an epoch
+
 
 def train_seed(
     args: argparse.Namespace,
     seed: int,
     init: Init,
     num_labels: int,
-    train: EncodedSet,
-    dev: EncodedSet,
-    test: EncodedSet | None,
+    data: tuple[EncodedSet, EncodedSet, EncodedSet | None],
     majority_dev: float,
     metrics: MetricsLog,
+    save_state: SaveState,
+    resume: dict[str, Any] | None = None,
 ) -> SeedResult:
-    """Fine-tune one seed's classifier, keep its best dev checkpoint, and score that on the test set."""
+    """Fine-tune one seed's classifier, keep its best dev checkpoint, and score that on the test set.
+
+    At the end of every epoch the seed's whole state (weights, optimiser, schedule, RNG, best so far)
+    goes to `save_state`; `resume` is such a state, from which the seed continues exactly.
+    """
+    train, dev, test = data
     device = pick_device(args.device)
     model = build_classifier(init, num_labels, seed, device, args.dropout)
     steps_per_epoch = math.ceil(len(train.labels) / args.batch_size)
@@ -225,10 +251,20 @@ def train_seed(
     eval_at = {round(steps_per_epoch * (k + 1) / args.evals_per_epoch) for k in range(args.evals_per_epoch)}
 
     best_acc, best_step, best_state = -1.0, 0, None
-    step, started = 0, time.perf_counter()
-    bar = progress_bar(total, desc=f"seed {seed}")
+    step, first_epoch, seconds_before = 0, 0, 0.0
     window = Window()
-    for epoch in range(args.epochs):
+    heap = HeapTrimmer()  # batches of every length: the heap fragments as in pretraining
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        best_acc, best_step, best_state = resume["best_acc"], resume["best_step"], resume["best_state"]
+        step, first_epoch, seconds_before = resume["step"], resume["epoch"], resume["seconds"]
+        vars(window).update(resume["window"])
+        set_rng_state(resume["rng"])
+    started = time.perf_counter() - seconds_before
+    bar = progress_bar(total, initial=step, desc=f"seed {seed}")
+    for epoch in range(first_epoch, args.epochs):
         batches = bucketed_batches(train.lengths, args.batch_size, derived_generator(seed, epoch))
         for b, indices in enumerate(batches, start=1):
             step_started = time.perf_counter()
@@ -239,16 +275,15 @@ def train_seed(
             )
             out.loss.backward()
             clip_and_step(model.parameters(), optimizer, scheduler, args.clip)
+            heap.after_step()
             step += 1
             loss = out.loss.item()
             window.add({"loss": loss}, int(batch["attention_mask"].sum()), time.perf_counter() - step_started)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}",
-                best_dev=f"{max(best_acc, 0):.4f}",
-                tok_s=f"{window.tokens_per_s:,.0f}",
-                refresh=False,
-            )
+            postfix = {"loss": f"{loss:.3f}", "tok_s": f"{window.tokens_per_s:,.0f}"}
+            if best_state is not None:  # nothing to show before the first evaluation
+                postfix["best_dev"] = f"{best_acc:.4f}"
+            bar.set_postfix(postfix, refresh=False)
             if step % args.log_every == 0:
                 metrics.write(
                     {
@@ -276,6 +311,22 @@ def train_seed(
                 if dev_metrics["acc"] > best_acc:
                     best_acc, best_step = dev_metrics["acc"], step
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        save_state(
+            {
+                "seed": seed,
+                "epoch": epoch + 1,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "best_acc": best_acc,
+                "best_step": best_step,
+                "best_state": best_state,
+                "window": dict(vars(window)),
+                "seconds": time.perf_counter() - started,
+            }
+        )
     bar.close()
     model.load_state_dict(best_state)
     test_acc = evaluate(model, test, device)["acc"] if test is not None else None
@@ -289,6 +340,88 @@ def train_seed(
         seconds=round(time.perf_counter() - started, 1),
         state=best_state,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints: an interrupted run continues where it stopped
+# --------------------------------------------------------------------------------------------------
+# The options that decide what a run computes: a checkpoint is resumed only by a run with the same values.
+RUN_SETTINGS = (
+    "task",
+    "train",
+    "dev",
+    "test",
+    "text_column",
+    "label_column",
+    "limit_train",
+    "limit_dev",
+    "limit_test",
+    "init",
+    "tokenizer",
+    "config",
+    "seeds",
+    "evals_per_epoch",
+    *HYPERPARAMETERS,
+)
+PATH_SETTINGS = ("train", "dev", "test", "init", "tokenizer", "config")
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """RUN_SETTINGS' values, with paths made absolute (the same run, started from another folder)."""
+    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    for name in PATH_SETTINGS:
+        if settings[name] not in (None, "scratch"):
+            settings[name] = str(Path(settings[name]).resolve())
+    return settings
+
+
+def read_partial_run(path: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The checkpoint of an unfinished run with these settings, or None to start from the first seed.
+
+    A checkpoint of other settings is replaced, unless --resume asked for it: then that is an error.
+    """
+    if not path.is_file():
+        if resume:
+            print(f"note: no {path}: starting from the first seed")
+        return None
+    state = load_training_state(path)
+    if state.get("kind") != "finetune":
+        raise CLIError(f"{path}: not a fine-tuning checkpoint (a pretraining run's?); choose another --out")
+    saved = state["settings"]
+    differing = [name for name in RUN_SETTINGS if saved.get(name) != settings[name]]
+    if not differing:
+        return state
+    changes = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)!r} -> {settings[n]!r}" for n in differing)
+    if resume:
+        raise CLIError(f"{path}: the unfinished run there has other settings ({changes}); drop --resume")
+    print(f"note: {path} holds an unfinished run with other settings ({changes}); starting afresh")
+    return None
+
+
+def start_or_resume(
+    state_path: Path, settings: dict[str, Any], resume: bool
+) -> tuple[list[SeedResult], dict[str, Any] | None, MetricsLog]:
+    """The finished seeds and the seed in progress (its epoch-end state) of an unfinished run with these
+    settings, none for a new run; and the run's metrics log, without the rows the run will write again."""
+    partial = read_partial_run(state_path, settings, resume)
+    metrics = MetricsLog(state_path.parent)
+    if partial is None:
+        metrics.start(0)
+        return [], None, metrics
+    results = [SeedResult(**row) for row in partial["finished"]]
+    in_progress = partial if partial["seed"] is not None else None
+    done = {r.seed for r in results}
+    print(
+        f"resuming {state_path}: seeds done {sorted(done) or 'none'}"
+        + (f", seed {partial['seed']} after epoch {partial['epoch']}" if in_progress else "")
+    )
+    metrics.keep(lambda row: row.get("seed") in done or _before(row, in_progress))
+    return results, in_progress, metrics
+
+
+def _before(row: dict[str, Any], state: dict[str, Any] | None) -> bool:
+    """Whether a metrics row was written by the seed in progress before its checkpoint."""
+    return state is not None and row.get("seed") == state["seed"] and row["step"] <= state["step"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,7 +442,7 @@ def summarise(args: argparse.Namespace, results: list[SeedResult], extra: dict[s
     return {
         "task": args.task,
         "init": args.init,
-        "seeds": [{k: v for k, v in vars(r).items() if k != "state"} for r in results],
+        "seeds": [r.row() for r in results],
         "dev_acc_mean": dev_mean,
         "dev_acc_std": dev_std,
         "test_acc_mean": test_mean,
@@ -317,20 +450,7 @@ def summarise(args: argparse.Namespace, results: list[SeedResult], extra: dict[s
         "failed_runs": sum(r.failed for r in results),
         "runs": len(results),
         "best_seed": best.seed,
-        "hyperparameters": {
-            k: getattr(args, k)
-            for k in (
-                "epochs",
-                "lr",
-                "batch_size",
-                "max_length",
-                "warmup_ratio",
-                "weight_decay",
-                "clip",
-                "dropout",
-                "dev_fraction",
-            )
-        },
+        "hyperparameters": {k: getattr(args, k) for k in HYPERPARAMETERS},
         **extra,
     }
 
@@ -412,8 +532,24 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out)
-    metrics.start(0)
+    for name in (MODEL_FILENAME, TRAINING_STATE_FILENAME):
+        remove_stale_temporaries(out, name)  # left by writes that a kill interrupted
+    state_path = out / TRAINING_STATE_FILENAME
+    settings = run_settings(args)
+    results, in_progress, metrics = start_or_resume(state_path, settings, args.resume)
+
+    def save_state(seed_state: dict[str, Any] | None) -> None:
+        """checkpoint.pt: the finished seeds' rows and the seed in progress; written after everything else
+        (the commit point)."""
+        save_training_state(
+            state_path,
+            {
+                "kind": "finetune",
+                "settings": settings,
+                "finished": [r.row() for r in results],
+                **(seed_state or {"seed": None, "model": None}),
+            },
+        )
 
     extra = {
         "label_names": train_data.label_names,
@@ -431,36 +567,46 @@ def run(args: argparse.Namespace) -> int:
         },
         "tokenizer_sha256": tokenizer.checksum,
     }
-    results: list[SeedResult] = []
-    best_dev = -1.0
-    for seed in seeds:
-        result = train_seed(args, seed, init, num_labels, train_set, dev_set, test_set, majority_dev, metrics)
-        results.append(result)
-        summary = summarise(args, results, extra)
-        if result.best_dev_acc > best_dev:  # write the best classifier as soon as it exists
-            best_dev = result.best_dev_acc
-            model = build_classifier(init, num_labels, seed, "cpu", args.dropout)
-            model.load_state_dict(result.state)
-            save_model(
-                out / MODEL_FILENAME,
-                model,
-                {
-                    "label_names": train_data.label_names,
-                    "task": args.task,
-                    "max_length": args.max_length,
-                    "seed": seed,
-                    "results": summary,
-                    "tokenizer_sha256": tokenizer.checksum,
-                    "tokenizer": str(tokenizer.path.resolve()),
-                    "init": args.init,
-                },
-            )
-        result.state = None
-        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        plot_run(out)
+    best_dev = max((r.best_dev_acc for r in results), default=-1.0)
+    try:
+        for seed in [s for s in seeds if s not in {r.seed for r in results}]:
+            resume = in_progress if in_progress is not None and in_progress["seed"] == seed else None
+            data = (train_set, dev_set, test_set)
+            result = train_seed(args, seed, init, num_labels, data, majority_dev, metrics, save_state, resume)
+            results.append(result)
+            summary = summarise(args, results, extra)
+            if result.best_dev_acc > best_dev:  # write the best classifier as soon as it exists
+                best_dev = result.best_dev_acc
+                model = build_classifier(init, num_labels, seed, "cpu", args.dropout)
+                model.load_state_dict(result.state)
+                save_model(
+                    out / MODEL_FILENAME,
+                    model,
+                    {
+                        "label_names": train_data.label_names,
+                        "task": args.task,
+                        "max_length": args.max_length,
+                        "seed": seed,
+                        "results": summary,
+                        "tokenizer_sha256": tokenizer.checksum,
+                        "tokenizer": str(tokenizer.path.resolve()),
+                        "init": args.init,
+                    },
+                )
+            result.state = None
+            (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            save_state(None)  # the seed is done: its row is committed
+            plot_run(out)
+    except KeyboardInterrupt:
+        if state_path.is_file():
+            print(f"\ninterrupted; {state_path} holds the run so far: run the same command again to resume")
+        raise
     summary = summarise(args, results, extra)
     model, metadata = load_model(out / MODEL_FILENAME)
     save_model(out / MODEL_FILENAME, model, {**metadata, "results": summary})  # the final table, all seeds
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    state_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    plot_run(out)
     print_table(summary)
     print(
         f"wrote {out / 'results.json'}, {out / MODEL_FILENAME} (seed {summary['best_seed']}), "

@@ -6,6 +6,7 @@ draws it. No torch here: `pocketbert plot` reads it without.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,18 @@ class MetricsLog:
     def start(self, step: int) -> None:
         """Continue the log at `step`: the rows after it are dropped (a run resumed from a checkpoint
         repeats them), and at step 0 the whole log of an earlier run in this folder."""
+        if step == 0:
+            if self.enabled:
+                self.path.unlink(missing_ok=True)
+            return
+        self.keep(lambda row: row["step"] <= step)
+
+    def keep(self, wanted: Callable[[dict[str, Any]], bool]) -> None:
+        """Keep only the rows `wanted` accepts (a resumed run drops those it will write again); a last
+        line cut short by a kill is dropped with a warning."""
         if not self.enabled or not self.path.is_file():
             return
-        if step == 0:
-            self.path.unlink()
-            return
-        kept = [row for row in read_metrics(self.path, drop_truncated_tail=True) if row["step"] <= step]
+        kept = [row for row in read_metrics(self.path, drop_truncated_tail=True) if wanted(row)]
         self.path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:

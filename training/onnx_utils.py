@@ -93,30 +93,33 @@ class GraphSpec:
 
 
 def bundle_graphs(
-    pretraining: BertForPreTraining, classifier: BertForSequenceClassification
+    pretraining: BertForPreTraining, classifier: BertForSequenceClassification | None
 ) -> dict[str, GraphSpec]:
-    """The three graphs of a bundle, traced from eager-attention copies of the models."""
+    """The graphs of a bundle (no classifier graph without a classifier), traced from eager-attention
+    copies of the models."""
     eager_pre = with_eager_attention(pretraining)
-    return {
+    graphs = {
         "pretraining": GraphSpec(
             PretrainingGraph(eager_pre),
             [*ENCODER_INPUTS, "masked_positions"],
             ["mlm_logits", "nsp_logits"],
             {"mlm_logits": {0: "batch", 1: "positions"}, "nsp_logits": {0: "batch"}},
-        ),
-        "classifier": GraphSpec(
+        )
+    }
+    if classifier is not None:
+        graphs["classifier"] = GraphSpec(
             ClassifierGraph(with_eager_attention(classifier)),
             ENCODER_INPUTS,
             ["logits"],
             {"logits": {0: "batch"}},
-        ),
-        "attention": GraphSpec(
-            AttentionGraph(eager_pre),
-            ENCODER_INPUTS,
-            ["attentions"],
-            {"attentions": {1: "batch", 3: "sequence", 4: "sequence"}},
-        ),
-    }
+        )
+    graphs["attention"] = GraphSpec(
+        AttentionGraph(eager_pre),
+        ENCODER_INPUTS,
+        ["attentions"],
+        {"attentions": {1: "batch", 3: "sequence", 4: "sequence"}},
+    )
+    return graphs
 
 
 def export_graph(

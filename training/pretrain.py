@@ -26,14 +26,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from model.bert import IGNORE_INDEX, BertForPreTraining
-from model.checkpoint import MODEL_FILENAME, Weights, read_weights, save_model
+from model.checkpoint import MODEL_FILENAME, Weights, read_weights, remove_stale_temporaries, save_model
 from model.config import BertConfig
 from model.tokenizer import resolve_tokenizer
 from training.checkpointing import TRAINING_STATE_FILENAME, load_training_state, save_training_state
 from training.data_format import INDEX_FILENAME, read_shared_index
 from training.dataset import PretrainingDataset, collate
 from training.errors import CLIError
-from training.loop import Window, clip_and_step, progress_bar
+from training.loop import HeapTrimmer, Window, clip_and_step, progress_bar, resident_mb
 from training.masking import mask_tokens, word_start_table
 from training.metrics_log import MetricsLog
 from training.optim import build_optimizer, build_scheduler, warmup_linear_decay
@@ -74,6 +74,13 @@ RUN_DEFAULTS: dict[str, Any] = {
     "whole_word_mask": False,
     "tokenizer": None,
 }
+# How the run reports and saves: left out on --resume these too take the checkpoint's values.
+REPORTING_DEFAULTS: dict[str, Any] = {
+    "eval_every": 100,
+    "eval_batches": 50,
+    "save_every": 500,
+    "log_every": 10,
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +110,7 @@ def fill_run_options(args: argparse.Namespace, saved: dict[str, Any]) -> None:
     learning-rate schedule is recomputed with the new lr / warmup / steps); the two that cannot change
     are refused with the reason.
     """
-    for name, default in RUN_DEFAULTS.items():
+    for name, default in {**RUN_DEFAULTS, **REPORTING_DEFAULTS}.items():
         given = getattr(args, name)
         flag = f"--{name.replace('_', '-')}"
         if given is None:
@@ -326,11 +333,16 @@ class Trainer:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
         self.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
+        self.heap = HeapTrimmer()
         self.word_starts = self._word_start_table() if args.whole_word_mask else None  # (V,) bool
         self.metrics = MetricsLog(self.out, enabled=runtime.is_main)
         if runtime.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.start(self.step)  # drops the rows after the checkpoint: the run died before saving
+            for name in (MODEL_FILENAME, TRAINING_STATE_FILENAME):
+                remove_stale_temporaries(self.out, name)  # left by writes that a kill interrupted
+            if resume_state is not None:
+                self._sync_model_file(resume_state)
 
     # --- checkpoint state ---------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -385,7 +397,12 @@ class Trainer:
         return rng_state()
 
     def save(self) -> None:
-        """checkpoint.pt (training state) and model.pt (export format), both atomic; rank 0 writes."""
+        """model.pt and config.json, then checkpoint.pt: the commit point; rank 0 writes.
+
+        Each file is written atomically, and checkpoint.pt last, so whatever a resume reads is never
+        behind the other files: a kill between the writes leaves model.pt ahead of checkpoint.pt, and
+        the resumed run rewrites it from the checkpoint (`_sync_model_file`).
+        """
         digests = self._rank_weight_digests()  # collective: every rank takes part
         rng = [rng_state()]
         if self.rt.distributed:
@@ -394,6 +411,9 @@ class Trainer:
             rng = gathered
         if not self.rt.is_main:
             return
+        metadata = self._model_metadata()
+        save_model(self.out / MODEL_FILENAME, self.model, metadata)
+        self.config.to_json(self.out / "config.json")
         save_training_state(
             self.state_path,
             {
@@ -409,11 +429,21 @@ class Trainer:
                 "world_size": self.rt.world_size,
                 "valid": self.last_valid,
                 "rank_weight_sha256": digests,
-                "metadata": self._model_metadata(),
+                "metadata": metadata,
             },
         )
-        save_model(self.out / MODEL_FILENAME, self.model, self._model_metadata())
-        self.config.to_json(self.out / "config.json")
+
+    def _sync_model_file(self, state: dict) -> None:
+        """Make model.pt the checkpoint's weights when a kill left it at another step (or without it)."""
+        path = self.out / MODEL_FILENAME
+        try:
+            model_step = read_weights(path).metadata.get("step")
+        except (FileNotFoundError, ValueError):
+            model_step = None
+        if model_step != self.step:
+            print(f"note: {path} was at step {model_step}; rewritten from the checkpoint (step {self.step})")
+            save_model(path, self.model, state.get("metadata") or self._model_metadata())
+            self.config.to_json(self.out / "config.json")
 
     def _rank_weight_digests(self) -> list[str]:
         """sha256 of the weights on every rank: DDP keeps the replicas identical, and this proves it.
@@ -499,6 +529,7 @@ class Trainer:
                 totals[key] += getattr(out, key).item() / args.grad_accum
             tokens += int(batch["attention_mask"].sum())
         clip_and_step(self.model.parameters(), self.optimizer, self.scheduler, args.clip)
+        self.heap.after_step()
         self.step += 1
         self.tokens_seen += tokens * self.rt.world_size
         return totals, tokens
@@ -594,6 +625,7 @@ class Trainer:
                             "lr": self.scheduler.get_last_lr()[0],
                             "tokens_per_s": window.tokens_per_s,
                             "tokens_seen": self.tokens_seen,
+                            "rss_mb": resident_mb(),
                         }
                     )
                     window.reset()

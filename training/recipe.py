@@ -448,7 +448,7 @@ class Runner:
         init = self.path("pretrain", f"step-{st['init_step']}.pt")
         folder, probe = self.path("study"), st["probe"]
 
-        def run_probe(name: str, weights: str | Path) -> None:
+        def run_probe(name: str, weights: str | Path, lr: float | str | None = None) -> None:
             if not (folder / f"probe-{name}" / "results.json").is_file():
                 self.command(
                     "finetune",
@@ -462,7 +462,7 @@ class Runner:
                         out=folder / f"probe-{name}",
                         seeds=_seeds(probe["seeds"]),
                         epochs=probe["epochs"],
-                        lr=probe["lr"],
+                        lr=lr or probe["lr"],
                         batch_size=probe.get("batch_size", 32),
                         max_length=probe["max_length"],
                         dropout=probe.get("dropout", 0.1),
@@ -474,7 +474,9 @@ class Runner:
             run_probe(st.get("init_name", "start"), init)
             for arm in st["arm"]:
                 steps = arm.get("steps", st["steps"])
-                data = [self.data_dir, self.indomain_dir] if arm.get("indomain") else [self.data_dir]
+                data = {"only": [self.indomain_dir], True: [self.data_dir, self.indomain_dir]}.get(
+                    arm.get("indomain"), [self.data_dir]
+                )
                 if checkpoint_step(folder / arm["name"]) < steps:
                     self.command(
                         "pretrain",
@@ -485,6 +487,8 @@ class Runner:
                     )
                 run_probe(arm["name"], folder / arm["name"] / "model.pt")
             run_probe("scratch", "scratch")
+            for lr in st.get("lr_probes", []):  # the fine-tuning learning rate, chosen on the dev split
+                run_probe(f"{st.get('init_name', 'start')}-lr{lr}", init, lr=lr)
             write_study_table(st, folder, self.path("study.json"))
 
         arm_steps = sum(arm.get("steps", st["steps"]) for arm in st["arm"])
@@ -720,7 +724,8 @@ def keep_phase_snapshot(run_dir: Path, step: int) -> None:
 def write_study_table(study: dict[str, Any], folder: Path, out: Path) -> None:
     """study.json: per arm its final validation MLM / NSP accuracy and its probe's dev accuracy."""
     rows = []
-    names = [study.get("init_name", "start"), *[arm["name"] for arm in study["arm"]], "scratch"]
+    start = study.get("init_name", "start")
+    names = [start, *[arm["name"] for arm in study["arm"]], "scratch"]
     for name in names:
         arm = next((a for a in study["arm"] if a["name"] == name), None)
         row: dict[str, Any] = {
@@ -746,8 +751,27 @@ def write_study_table(study: dict[str, Any], folder: Path, out: Path) -> None:
         if results.is_file():
             row["probe_dev_acc"] = json.loads(results.read_text(encoding="utf-8"))["dev_acc_mean"]
         rows.append(row)
+    lr_rows = []
+    for lr in study.get("lr_probes", []):
+        results = folder / f"probe-{start}-lr{lr}" / "results.json"
+        if results.is_file():
+            lr_rows.append(
+                {"lr": lr, "probe_dev_acc": json.loads(results.read_text(encoding="utf-8"))["dev_acc_mean"]}
+            )
+    base = folder / f"probe-{start}" / "results.json"
+    if base.is_file():
+        lr_rows.append(
+            {"lr": study["probe"]["lr"], "probe_dev_acc": json.loads(base.read_text())["dev_acc_mean"]}
+        )
     out.write_text(
-        json.dumps({"settings": {k: v for k, v in study.items() if k != "arm"}, "arms": rows}, indent=2)
+        json.dumps(
+            {
+                "settings": {k: v for k, v in study.items() if k != "arm"},
+                "arms": rows,
+                "finetune_lr": lr_rows,
+            },
+            indent=2,
+        )
         + "\n",
         encoding="utf-8",
     )
