@@ -1,5 +1,5 @@
 """Session fixtures that build tiny model checkpoints and a tiny ONNX bundle with the project's own export,
-and variants of that bundle (renamed, with a language, a reference self-test, or fewer graphs).
+and variants of that bundle (renamed, with a language, or fewer graphs).
 
 Loaded from conftest.py through pytest_plugins. Random weights: these fixtures test the machinery
 (export, checks, loading, serving), not what a trained model predicts.
@@ -119,10 +119,9 @@ def copy_bundle(
     dest: Path,
     name: str | None = None,
     language: str | None = None,
-    reference: bool = False,
     without: tuple[str, ...] = (),
 ) -> Path:
-    """A copy of `source` at dest, renamed, with a language, a reference self-test, or files removed
+    """A copy of `source` at dest, renamed, with a language, or files removed
     (removed from the folder and from bundle.json: a bundle made without them)."""
     shutil.copytree(source, dest)
     dest.chmod(0o755)
@@ -138,17 +137,7 @@ def copy_bundle(
     if "classifier.onnx" in without:
         changes["label_names"] = []
     edit_manifest(dest, **changes)
-    if reference:
-        from model.engine import write_reference
-
-        write_reference(dest)
     return dest
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle_with_reference(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Path:
-    """The tiny bundle plus its reference.json self-test. Treat as read-only."""
-    return copy_bundle(tiny_bundle, tmp_path_factory.mktemp("reference") / "tiny", reference=True)
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +145,8 @@ def ko_en_bundles(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -
     """A folder of two bundles, "en" (language en) and "ko" (language ko): the same tiny weights, so
     only routing tells them apart (every answer names its model). Treat as read-only."""
     folder = tmp_path_factory.mktemp("two-bundles")
-    copy_bundle(tiny_bundle, folder / "en", name="en", language="en", reference=True)
-    copy_bundle(tiny_bundle, folder / "ko", name="ko", language="ko", reference=True)
+    copy_bundle(tiny_bundle, folder / "en", name="en", language="en")
+    copy_bundle(tiny_bundle, folder / "ko", name="ko", language="ko")
     return folder
 
 

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def bundle(tiny_bundle_with_reference: Path, tmp_path: Path) -> Path:
+def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny bundle with its reference self-test, free to damage."""
-    return copy_bundle(tiny_bundle_with_reference, tmp_path / "bundle")
+    return copy_bundle(tiny_bundle, tmp_path / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,102 @@
+"""The committed bundles, as a user gets them: unambiguous reviews get the right label, [MASK] is filled
+with a word of the language, next-sentence prediction prefers a true continuation, and the model card's
+headline figures are the ones its results files hold."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from model.engine import Engine
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+CASES = {
+    "ko-nsmc": {
+        "positive": [
+            "정말 재미있고 감동적인 영화였어요. 강력 추천합니다!",
+            "배우들 연기가 최고였고 음악도 너무 좋았다",
+        ],
+        "negative": ["시간 낭비였다. 정말 지루하고 재미없는 영화", "최악의 영화. 돈이 아깝다"],
+        "mask": "이 영화 정말 [MASK] 있어요.",
+        "true_pair": ("조선은 1392년에 건국되었다.", "태조 이성계가 개성에서 왕위에 올랐다."),
+        "random_second": "이 노트북은 배터리가 오래 간다.",
+    },
+    "en-sst2": {
+        "positive": ["a charming, funny and deeply moving film.", "one of the best movies of the year"],
+        "negative": ["a dull, boring mess with terrible acting.", "the worst film i have seen in years"],
+        "mask": "The movie was [MASK] and I loved every minute of it.",
+        "true_pair": (
+            "The band was formed in London in 1994.",
+            "They released their first album two years later.",
+        ),
+        "random_second": "Photosynthesis converts light into chemical energy.",
+    },
+}
+
+
+def shipped(name: str) -> Path:
+    folder = BUNDLES / name
+    assert (folder / "bundle.json").is_file(), f"{folder}: the shipped {name} bundle is missing"
+    return folder
+
+
+# Each shipped model, as a pytest parameter; the English model is issue 15's and not committed yet.
+SHIPPED = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            name == "en-sst2" and not (BUNDLES / name).exists(), reason="en-sst2 is not shipped yet"
+        ),
+    )
+    for name in sorted(CASES)
+]
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def bundle(request: pytest.FixtureRequest) -> tuple[str, Engine]:
+    return request.param, Engine.load(shipped(request.param), intra_op_threads=1)
+
+
+def test_unambiguous_reviews_get_the_right_label(bundle: tuple[str, Engine]) -> None:
+    name, engine = bundle
+    for label in ("positive", "negative"):
+        for text, result in zip(CASES[name][label], engine.classify(CASES[name][label]), strict=True):
+            assert result[0]["label"] == label, (text, result)
+
+
+def test_mask_is_filled_with_a_word_of_the_language(bundle: tuple[str, Engine]) -> None:
+    name, engine = bundle
+    predictions = engine.fill_mask([CASES[name]["mask"]], top_k=5)[0][0]
+    words = [p["token_str"].strip() for p in predictions]
+    if name.startswith("ko"):
+        assert HANGUL.search(words[0]), words
+    else:
+        assert re.fullmatch(r"[A-Za-z]+", words[0]), words
+    assert predictions[0]["score"] >= predictions[-1]["score"]
+
+
+def test_next_sentence_prefers_the_true_continuation(bundle: tuple[str, Engine]) -> None:
+    name, engine = bundle
+    first, second = CASES[name]["true_pair"]
+    true, random = engine.next_sentence([(first, second), (first, CASES[name]["random_second"])])
+    assert true["score"] > random["score"]
+    assert true["is_next"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_headline_is_the_measured_results(name: str) -> None:
+    folder = shipped(name)
+    manifest = json.loads((folder / "bundle.json").read_text(encoding="utf-8"))
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    assert manifest["language"] == name[:2]
+    assert manifest["card"]["test_accuracy_mean"] == card["finetune"]["test_acc_mean"]
+    text = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert text.startswith(f"---\nlanguage: {name[:2]}\n")
+    assert f"{100 * card['finetune']['test_acc_mean']:.2f} ± " in text
+    onnx_mb = sum(f.stat().st_size for f in folder.glob("*.onnx")) / 1e6
+    assert onnx_mb < 15, f"{name}: {onnx_mb:.1f} MB of graphs"
