@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     attention_max_queue: int = Field(
         4,
         ge=1,
-        description="Most /attention requests waiting per model (its unfused fp32 graph is the slowest): "
+        description="Most /attention requests waiting per model (its unfused graph is the slowest): "
         "beyond it 503 + Retry-After, so attention maps cannot crowd out the other tasks.",
     )
     log_request_texts: bool = Field(

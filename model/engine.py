@@ -9,7 +9,7 @@ Graphs of a bundle (see training/export.py):
                       -> mlm_logits (B, P, V),
                       nsp_logits (B, 2). The V-wide decoder runs only at masked_positions.
     classifier.onnx   input_ids, token_type_ids, attention_mask -> logits (B, num_labels); optional
-    attention.onnx    input_ids, token_type_ids, attention_mask -> attentions (L, B, heads, T, T), fp32 and
+    attention.onnx    input_ids, token_type_ids, attention_mask -> attentions (L, B, heads, T, T),
                       unfused (a fused Attention op cannot return its probabilities), loaded on first use;
                       optional
 

@@ -163,6 +163,9 @@ def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:
         assert {"QAttention", "QEmbedLayerNormalization", "SkipLayerNormalization", "MatMulInteger"} <= ops
         assert "Attention" not in ops and "MatMul" not in ops
     assert info["export"]["quantization"] == "int8"
+    # attention.onnx stays unfused (its Softmax outputs are the maps) but its weights are INT8 too
+    ops = {node.op_type for node in onnx.load(str(out / "attention.onnx")).graph.node}
+    assert "Softmax" in ops and "MatMulInteger" in ops and "Attention" not in ops
 
 
 def test_int8_checks_are_run_and_recorded(optimized_int8_bundle, tiny_checkpoints, tiny_tokenizer) -> None:
