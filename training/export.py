@@ -191,10 +191,13 @@ def fill_mask_agreement(reference, candidate, sentences: list[str], seed: int = 
 
 
 def classifier_accuracy(engine, texts: list[str], labels: list[int]) -> float:
+    # texts of similar length share a batch (padded to its longest): the order does not change the count
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     correct = 0
-    for start in range(0, len(texts), 32):
-        logits = engine.run_classifier(engine.encode(texts[start : start + 32]))
-        correct += int((logits.argmax(-1) == np.array(labels[start : start + 32])).sum())
+    for start in range(0, len(order), 32):
+        rows = order[start : start + 32]
+        logits = engine.run_classifier(engine.encode([texts[i] for i in rows]))
+        correct += int((logits.argmax(-1) == np.array([labels[i] for i in rows])).sum())
     return 100.0 * correct / len(texts)
 
 

@@ -116,8 +116,10 @@ def fill_mask_examples(engine, sentences: list[str], top_k: int = 5) -> list[dic
         rows.append(
             {
                 "text": sentence,
+                # the piece itself ("▁가" starts a word, "가" continues one): stripped strings look alike
                 "predictions": [
-                    {"token": p["token_str"].strip(), "score": round(p["score"], 3)} for p in predictions[0]
+                    {"token": engine.tokenizer.id_to_token(p["token"]), "score": round(p["score"], 3)}
+                    for p in predictions[0]
                 ],
             }
         )

@@ -192,7 +192,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy and mean loss; batches sorted by length (order does not change the figures)."""
     model.eval()
-    order = sorted(range(len(data.labels)), key=lambda i: data.lengths[i])
+    lengths = data.lengths  # a property that builds the list: once, not once per example
+    order = sorted(range(len(data.labels)), key=lengths.__getitem__)
     correct, loss_sum = 0, 0.0
     with torch.no_grad():
         for start in range(0, len(order), EVAL_BATCH_SIZE):

@@ -517,7 +517,7 @@ class Runner:
         self.add(
             Stage(
                 "finetune",
-                {"settings": ft, "task": task},
+                {"settings": _without(ft, "scratch_seeds", "scratch_lr"), "task": task},
                 [out / "results.json", out / "model.pt"],
                 lambda: self.command(
                     "finetune",
@@ -532,7 +532,8 @@ class Runner:
         self.add(
             Stage(
                 "finetune-scratch",
-                {"settings": ft, "task": task},
+                # the pretrained model's seeds are not the ablation's (unless it has none of its own)
+                {"settings": _without(ft, "seeds") if "scratch_seeds" in ft else ft, "task": task},
                 [scratch / "results.json"],
                 lambda: self.command(
                     "finetune",
@@ -684,6 +685,11 @@ def flags(**options: Any) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def _without(settings: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """A stage's settings less the keys that belong to another stage (they must not invalidate it)."""
+    return {k: v for k, v in settings.items() if k not in keys}
 
 
 def _seeds(seeds: list[int]) -> str:
