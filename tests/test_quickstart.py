@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_finetune import sentiment_rows, write_nsmc
+from test_server_integration import free_port
 
 from training.cli import main
 
@@ -57,12 +57,6 @@ def test_the_readme_quickstart_uses_one_folder() -> None:
     paths = [arg for c in commands for arg in c if arg.startswith("runs/")]
     assert paths and all(p.startswith("runs/my-model/") for p in paths)
     assert "--dev-fraction" in commands[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_readme_quickstart_ends_with_a_served_model(
