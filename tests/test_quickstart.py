@@ -13,13 +13,12 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from test_finetune import sentiment_rows, write_nsmc
-from test_server_integration import free_port
+from test_server_integration import free_port, wait_until_ready
 
 from training.cli import main
 
@@ -99,17 +98,7 @@ def test_the_readme_quickstart_ends_with_a_served_model(
 
 def classify_when_ready(port: int, proc: subprocess.Popen, text: str) -> dict:
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.3)
+    wait_until_ready(base, proc, 120)
     request = urllib.request.Request(
         f"{base}/classify",
         data=json.dumps({"inputs": [text]}).encode(),

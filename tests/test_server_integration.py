@@ -30,6 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(url: str, proc: subprocess.Popen, limit_s: float) -> None:
+    """Poll url/readyz until it answers 200; fail with the server's output if it exits first."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited: {''.join(out for out in proc.communicate() if out)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server never became ready within {limit_s:.0f} s")
+        time.sleep(0.1)
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """Value of one sample in Prometheus text (0 when absent)."""
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -69,15 +83,7 @@ def uvicorn_server(bundle: Path, **env: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"uvicorn exited: {proc.stdout.read() if proc.stdout else ''}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail("server never became ready")
+        wait_until_ready(url, proc, 60)
         yield url
     finally:
         proc.terminate()

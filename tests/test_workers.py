@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
-from test_server_integration import free_port, metric
+from test_server_integration import free_port, metric, wait_until_ready
 
 from app import metrics
 
@@ -78,12 +78,7 @@ def two_workers(bundle: Path, metrics_dir: Path) -> Iterator[str]:
         while len(list(metrics_dir.glob("gauge_livesum_*.db"))) < 2:  # each worker's queues, once loaded
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
             time.sleep(0.1)
-        while True:
-            with contextlib.suppress(OSError):
-                get(f"{url}/readyz")
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_ready(url, proc, max(1.0, deadline - time.monotonic()))
         yield url
     finally:
         proc.terminate()
@@ -108,7 +103,11 @@ def test_one_scrape_counts_the_requests_of_both_workers(tiny_bundle: Path, tmp_p
 
 
 def test_serve_sets_up_the_multiprocess_folder_only_for_several_workers(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    # setenv first so that monkeypatch records the variable's original state (usually unset) and puts it
+    # back after the test: prepare_multiprocess_dir writes os.environ itself, and a deleted folder left
+    # there would break every server a later test starts
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, "")
+    monkeypatch.delenv(metrics.MULTIPROC_ENV)
     assert metrics.prepare_multiprocess_dir(1) is None and metrics.MULTIPROC_ENV not in os.environ
     created = metrics.prepare_multiprocess_dir(2)
     assert created is not None and created.is_dir() and os.environ[metrics.MULTIPROC_ENV] == str(created)
