@@ -79,11 +79,19 @@ class BertSelfAttention(nn.Module):
         return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        output_attentions: bool = False,
+        queries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden (B, T, H); mask (B, 1, 1, T) is added to the attention scores."""
-        q = self._split_heads(self.query(hidden))  # (B, nh, T, hd)
-        k = self._split_heads(self.key(hidden))
+        """hidden (B, T, H); mask (B, 1, 1, T) is added to the attention scores.
+
+        queries (B, P, H): attend from these rows only (a subset of hidden's positions) while keys and
+        values still come from every position; the output then has P rows instead of T.
+        """
+        q = self._split_heads(self.query(hidden if queries is None else queries))  # (B, nh, T or P, hd)
+        k = self._split_heads(self.key(hidden))  # (B, nh, T, hd)
         v = self._split_heads(self.value(hidden))
         dropout_p = self.dropout_p if self.training else 0.0
         probs = None
@@ -95,8 +103,8 @@ class BertSelfAttention(nn.Module):
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, nh, T, T)
             probs = torch.softmax(scores + mask, dim=-1)
             context = torch.matmul(F.dropout(probs, dropout_p, self.training), v)  # (B, nh, T, hd)
-        batch, _, seq_len, _ = context.shape
-        context = context.transpose(1, 2).reshape(batch, seq_len, -1)  # (B, T, H)
+        batch, _, rows, _ = context.shape
+        context = context.transpose(1, 2).reshape(batch, rows, -1)  # (B, T or P, H)
         return context, probs
 
 
@@ -120,10 +128,14 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        output_attentions: bool = False,
+        queries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.self(hidden, mask, output_attentions)
-        return self.output(context, hidden), probs
+        context, probs = self.self(hidden, mask, output_attentions, queries)
+        return self.output(context, hidden if queries is None else queries), probs
 
 
 class BertIntermediate(nn.Module):
@@ -156,9 +168,13 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        output_attentions: bool = False,
+        queries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attention(hidden, mask, output_attentions)
+        attended, probs = self.attention(hidden, mask, output_attentions, queries)
         return self.output(self.intermediate(attended), attended), probs
 
 
@@ -168,11 +184,21 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        output_attentions: bool = False,
+        output_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """output_positions (B, P): the last layer runs only at these positions (see BertModel)."""
         attentions = []
-        for layer in self.layer:
-            hidden, probs = layer(hidden, mask, output_attentions)
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            queries = None
+            if i == last and output_positions is not None:
+                index = output_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
+                queries = torch.gather(hidden, 1, index)  # (B, P, H)
+            hidden, probs = layer(hidden, mask, output_attentions, queries)
             attentions.append(probs)
         return hidden, (tuple(attentions) if output_attentions else None)
 
@@ -230,8 +256,16 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        output_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
-        """Returns (sequence output (B, T, H), pooled output (B, H) or None, attentions or None)."""
+        """Returns (sequence output (B, T, H), pooled output (B, H) or None, attentions or None).
+
+        output_positions (B, P): only these positions are read from the output, so the last layer runs
+        only there (its keys and values still see every position). Exact, and a third less work for a
+        3-layer model when P is small: [CLS] alone for classification, the masked positions for MLM.
+        The sequence output is then (B, P, H) and the pooler reads its first row, so a caller that
+        uses the pooled output puts position 0 ([CLS]) first.
+        """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if attention_mask is None:
@@ -239,7 +273,7 @@ class BertModel(BertPreTrainedModel):
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         # Additive mask (B, 1, 1, T): 0 where a key may be attended, the dtype's minimum where it is padding.
         mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        hidden, attentions = self.encoder(hidden, mask, output_attentions)
+        hidden, attentions = self.encoder(hidden, mask, output_attentions, output_positions)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         return hidden, pooled, attentions
 
@@ -275,6 +309,20 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions that carry an MLM label, as a padded (B, P) index and its (B, P) validity mask.
+
+    Each row lists its labelled positions first, in ascending order (P = the most labels in a row), so
+    hidden[valid] follows the row-major order of labels[labels != IGNORE_INDEX].
+    """
+    selected = labels != IGNORE_INDEX  # (B, T)
+    counts = selected.sum(dim=1)  # (B,)
+    width = int(counts.max()) if counts.numel() else 0
+    order = torch.sort((~selected).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # (B, P)
+    valid = torch.arange(width, device=labels.device) < counts[:, None]  # (B, P)
+    return order, valid
+
+
 class BertForPreTraining(BertPreTrainedModel):
     """BERT with the masked-language-model and next-sentence-prediction heads."""
 
@@ -304,17 +352,25 @@ class BertForPreTraining(BertPreTrainedModel):
         sparse_mlm: with labels, compute MLM logits only where labels != IGNORE_INDEX (training fast
         path: the V-wide decoder then runs on ~15% of the tokens instead of all of them).
         """
-        hidden, pooled, attentions = self.bert(input_ids, token_type_ids, attention_mask, output_attentions)
+        # The positions the heads read: [CLS] (the pooler) then the MLM positions. With them the last
+        # layer runs only there (BertModel's output_positions), without them at every position.
+        positions, valid = masked_positions, None  # (B, P)
+        if positions is None and sparse_mlm and labels is not None:
+            positions, valid = labelled_positions(labels)
+        output_positions = None
+        if positions is not None:
+            output_positions = torch.cat([torch.zeros_like(positions[:, :1]), positions], dim=1)  # (B, 1+P)
+        hidden, pooled, attentions = self.bert(
+            input_ids, token_type_ids, attention_mask, output_attentions, output_positions
+        )
         mlm_targets = labels
-        if masked_positions is not None:
-            index = masked_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
-            hidden = torch.gather(hidden, 1, index)  # (B, P, H)
-            if labels is not None:
-                mlm_targets = torch.gather(labels, 1, masked_positions)  # (B, P)
-        elif sparse_mlm and labels is not None:
-            selected = labels != IGNORE_INDEX  # (B, T)
-            hidden = hidden[selected]  # (N, H)
-            mlm_targets = labels[selected]  # (N,)
+        if positions is not None:
+            hidden = hidden[:, 1:]  # (B, P, H)
+            if valid is not None:
+                hidden = hidden[valid]  # (N, H), in the order of labels[labels != IGNORE_INDEX]
+                mlm_targets = labels[labels != IGNORE_INDEX]  # (N,)
+            elif labels is not None:
+                mlm_targets = torch.gather(labels, 1, positions)  # (B, P)
         mlm_logits = self.cls.predictions(hidden)
         nsp_logits = self.cls.seq_relationship(pooled)  # (B, 2)
 
@@ -352,7 +408,10 @@ class BertForSequenceClassification(BertPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ClassificationOutput:
-        _, pooled, attentions = self.bert(input_ids, token_type_ids, attention_mask, output_attentions)
+        cls_position = torch.zeros_like(input_ids[:, :1])  # (B, 1): the pooler reads [CLS] only
+        _, pooled, attentions = self.bert(
+            input_ids, token_type_ids, attention_mask, output_attentions, output_positions=cls_position
+        )
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return ClassificationOutput(logits=logits, loss=loss, attentions=attentions)

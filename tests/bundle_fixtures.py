@@ -29,13 +29,14 @@ class TinyCheckpoints:
 
 
 def tiny_bundle_config(vocab_size: int):
-    """The conftest tiny_config's shape (hidden 32, one layer, two heads), session-scoped here."""
+    """The conftest tiny_config's shape (hidden 32, two heads) with two layers: the export tests then
+    see both a fully fused layer and the last one, which runs at the output positions only."""
     from model.config import BertConfig
 
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=32,
-        num_hidden_layers=1,
+        num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.bert import IGNORE_INDEX, BertForPreTraining, BertForSequenceClassification
+from model.bert import (
+    IGNORE_INDEX,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    labelled_positions,
+)
 from model.checkpoint import load_hf_folder, load_model, save_model
 from model.config import BertConfig
 
@@ -96,6 +101,43 @@ def test_sparse_and_positional_mlm_equal_the_full_head() -> None:
     assert torch.allclose(sparse.mlm_logits, full.mlm_logits[chosen], atol=1e-6)
     assert torch.allclose(sparse.mlm_loss, full.mlm_loss, atol=1e-6)
     assert torch.allclose(at.mlm_logits[:, 0], full.mlm_logits[chosen], atol=1e-6)
+
+
+def test_labelled_positions_lists_each_rows_labels_first_in_order() -> None:
+    labels = torch.full((3, 6), IGNORE_INDEX)
+    labels[0, [4, 1]] = 9
+    labels[2, [5, 0, 3]] = 8  # row 1 has no label at all
+    positions, valid = labelled_positions(labels)
+    assert positions.shape == valid.shape == (3, 3)
+    assert positions[0, :2].tolist() == [1, 4] and positions[2].tolist() == [0, 3, 5]
+    assert valid.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    # gathering at the valid positions gives labels[labels != IGNORE_INDEX], in its order
+    assert torch.equal(torch.gather(labels, 1, positions)[valid], labels[labels != IGNORE_INDEX])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pruned_last_layer_gives_the_full_models_losses_and_gradients(attn: str) -> None:
+    """sparse_mlm runs the last layer at [CLS] and the labelled positions only: same loss, same grads."""
+    torch.manual_seed(4)
+    config = BertConfig(**{**CONFIG.to_dict(), "attn_implementation": attn})
+    model = BertForPreTraining(config).eval()  # no dropout: its masks would differ between the shapes
+    input_ids, token_type_ids, attention_mask = _batch()
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[0, [2, 9, 10]] = input_ids[0, [2, 9, 10]]
+    labels[1, 5] = input_ids[1, 5]
+    labels[2, [1, 3]] = input_ids[2, [1, 3]]
+    nsp = torch.tensor([0, 1, 1])
+    grads, losses = [], []
+    for sparse in (False, True):
+        model.zero_grad()
+        out = model(input_ids, token_type_ids, attention_mask, labels, nsp, sparse_mlm=sparse)
+        out.loss.backward()
+        losses.append((out.mlm_loss.item(), out.nsp_loss.item()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name, full in grads[0].items():
+        assert torch.allclose(full, grads[1][name], atol=1e-6), name
 
 
 def test_decoder_is_tied_to_word_embeddings_and_trains_together() -> None:
