@@ -343,7 +343,7 @@ def test_bad_input_is_one_line_error(prepared: Path, tmp_path: Path, capsys: pyt
 
 
 @pytest.mark.parametrize(
-    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["SIGINT", "SIGTERM"]
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )
 def test_signal_saves_checkpoint_and_exits_cleanly(
     prepared: Path, tmp_path: Path, sig: int, code: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,25 @@ def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "partial.toml").write_text('name = "x"\nworkdir = "w"\nbundle = "b"\n')
     assert main(["recipe", str(tmp_path / "partial.toml")]) == 2
     assert "missing [corpus]" in capsys.readouterr().err
+
+
+def test_a_stage_stopped_by_a_signal_stops_the_recipe_unstamped(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pretraining stopped by SIGTERM (saved, exit 143) is not done: no stamp, no fine-tuning on it."""
+    import training.cli
+
+    real_main = training.cli.main
+
+    def interrupted_pretrain(argv: list[str]) -> int:
+        return 128 + signal.SIGTERM if argv[0] == "pretrain" else real_main(argv)
+
+    write_data(tmp_path)
+    recipe = write_recipe(tmp_path)
+    monkeypatch.setattr(training.cli, "main", interrupted_pretrain)
+    assert real_main(["recipe", str(recipe), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped by a signal (exit code 143)" in err and "run the recipe again to continue" in err
+    stamps = tmp_path / "work" / ".stamps"
+    assert (stamps / "tokenizer.json").is_file() and not (stamps / "pretrain.json").exists()
+    assert not (tmp_path / "work" / "finetune").exists()

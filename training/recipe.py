@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -143,6 +144,11 @@ class Runner:
         with open(self.path("commands.log"), "a", encoding="utf-8") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
         code = main([str(a) for a in argv])
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            raise CLIError(
+                f"stopped by a signal (exit code {code}); its progress is saved: run the recipe again "
+                f"to continue: {line}"
+            )
         if code != 0:
             raise CLIError(f"stage command failed with exit code {code}: {line}")
 

@@ -143,8 +143,12 @@ class StopSignal:
 
     @property
     def exit_code(self) -> int:
-        """130 after Ctrl-C (the shell's convention), 0 after SIGTERM (a scheduler's polite stop)."""
-        return 130 if self.received == signal.SIGINT else 0
+        """128 + the signal (the shell's convention: 130 after Ctrl-C, 143 after SIGTERM).
+
+        Never 0: the run is saved but not finished, and whatever called it (a recipe, a scheduler, a
+        shell `&&`) must not take the next step as if it were.
+        """
+        return 128 + int(self.received or 0)
 
     def should_stop(self, runtime: Runtime) -> bool:
         """True on every rank as soon as any rank got a signal (so all ranks save and stop together)."""
