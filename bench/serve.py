@@ -14,7 +14,11 @@ not to be the bottleneck on 2 cores) sends the same POST /fill-mask requests at 
 bounded time. Finally the bare engine runs fill-mask batches of the size our server formed at the highest
 concurrency: server requests/s over engine sequences/s is `engine_fraction` (the engine is the limit;
 the rest is HTTP, JSON and queueing). The top-level figures are those of the first --workers value;
-`by_workers` has each. The last line printed is one JSON object.
+`by_workers` has each. With --profile, one more run at the highest concurrency (after the measured
+ones, so the sampling does not touch their figures) is recorded by py-spy, and `profile` gives, per
+server thread (the event loop, the batch worker, onnxruntime's chunk threads), the share of samples in
+each part of the work: HTTP and framework, validation, tokenization, the engine, post-processing, JSON,
+metrics, queueing, idle. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -300,6 +304,80 @@ def batch_stats(port: int):
     return call
 
 
+# --- where the server's time goes (--profile) ---------------------------------------------------------------
+# Each sample's stack is given to the first part whose marker appears in its deepest matching frame.
+PROFILE_PARTS = [
+    ("engine (onnxruntime)", ("onnxruntime",)),
+    ("tokenization", ("sentencepiece", "model/tokenizer.py")),
+    ("post-processing (top-k, decoding)", ("model/engine.py", "numpy/")),
+    ("metrics", ("prometheus_client", "app/metrics.py")),
+    ("JSON", ("json/", "orjson")),
+    ("validation (pydantic, input checks)", ("pydantic", "app/schemas.py", ".check_")),
+    ("queueing and batching", ("app/batching.py", "concurrent/futures", "threading.py", "queue.py")),
+    ("HTTP and framework", ("uvicorn", "starlette", "fastapi", "app/middleware.py", "app/main.py", "app/")),
+]
+# A stack that ends in the asyncio runner is the event loop in C (uvloop): socket I/O, parsing, or idle.
+EVENT_LOOP_C = "Runner.run (asyncio/runners.py"
+
+
+def profile_part(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for part, markers in PROFILE_PARTS:
+            if any(marker in frame for marker in markers):
+                return part
+        if frame.startswith(EVENT_LOOP_C):
+            return "event loop in C (I/O, HTTP parsing, idle)"
+    return "other"
+
+
+def thread_role(name: str) -> str:
+    if "MainThread" in name:
+        return "event_loop"
+    if "inference" in name:
+        return "batch_worker"
+    if "chunk" in name:
+        return "onnxruntime_chunks"
+    return "other_threads"
+
+
+def summarise_profile(raw: str) -> dict:
+    """py-spy's raw (collapsed) stacks -> per thread role, the share of samples in each part."""
+    counts: dict[str, dict[str, int]] = {}
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        if len(frames) < 2 or not n.isdigit():
+            continue
+        role = counts.setdefault(thread_role(frames[1]), {})
+        part = profile_part(frames[2:])
+        role[part] = role.get(part, 0) + int(n)
+    report = {}
+    for role, parts in sorted(counts.items()):
+        total = sum(parts.values())
+        shares = sorted(parts.items(), key=lambda kv: -kv[1])
+        report[role] = {"samples": total, **{part: round(n / total, 3) for part, n in shares}}
+    return report
+
+
+def profile_server(pid: int, port: int, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
+    """Load the server at `concurrency` while py-spy samples every thread of it (and of its workers)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).is_file():
+        return {"run": False, "reason": "py-spy not found (pip install py-spy)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stacks.txt"
+        cmd = [spy, "record", "--pid", str(pid), "--subprocesses", "--idle", "--threads", "--nonblocking"]
+        cmd += ["--format", "raw", "--rate", "200", "--duration", str(max(1, int(seconds))), "-o", str(out)]
+        recorder = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # py-spy attaches
+        load = asyncio.run(_load(port, bodies, concurrency, seconds + 1))
+        _, err = recorder.communicate(timeout=60)
+        if recorder.returncode != 0 or not out.is_file():
+            return {"run": False, "reason": f"py-spy failed: {err.strip()[-300:]}"}
+        shares = summarise_profile(out.read_text())
+    return {"run": True, "concurrency": concurrency, "rps_while_sampled": load["rps"], **shares}
+
+
 def uvicorn_flavour() -> str:
     """What uvicorn's 'auto' picks: httptools + uvloop when installed (uvicorn[standard]), else h11."""
     import importlib.util
@@ -354,8 +432,12 @@ def run_ours(
         env,
         f"http://127.0.0.1:{port}/readyz",
         ours_workers_ready(metrics_dir, workers),
-    ):
-        return run_load(port, bodies, sorted(args.concurrency), args.seconds, on_level=batch_stats(port))
+    ) as proc:
+        runs = run_load(port, bodies, sorted(args.concurrency), args.seconds, on_level=batch_stats(port))
+        if args.profile and workers == args.workers[0]:
+            runs[-1]["profile"] = profile_server(proc.pid, port, bodies, max(args.concurrency), args.seconds)
+            print(f"  profile: {json.dumps(runs[-1]['profile'])}", flush=True)
+        return runs
 
 
 def run_naive(
@@ -402,7 +484,8 @@ def summarise(
         "uvicorn": uvicorn_flavour(),
         "errors": sum(r["errors"] for runs in [*by_workers.values(), naive] for r in runs),
         "cpus": os.cpu_count(),
-        "ours": by_workers[first],
+        "profile": top.get("profile", {"run": False, "reason": "no --profile"}),
+        "ours": [{k: v for k, v in run.items() if k != "profile"} for run in by_workers[first]],
         "naive": naive,
     }
 
@@ -430,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         help="onnxruntime threads of our server (per worker) and the bare engine (default: the server's)",
     )
     parser.add_argument("--keep", metavar="DIR", help="build the bundle here, or reuse the one built here")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the measured runs, sample our server with py-spy at the highest concurrency and report "
+        "where each of its threads spends its time",
+    )
     parser.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
