@@ -170,7 +170,7 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
         """Predict the token behind each [MASK], like Hugging Face's fill-mask pipeline."""
         texts = body.texts
         small = service.is_small(texts, len(texts) * body.top_k)
-        model, truncated = await prepare(
+        model, checked = await prepare(
             "fill-mask",
             body.model,
             texts,
@@ -178,9 +178,9 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
             lambda m: m.check_masks(texts, body.top_k, body.truncate, settings),
             small,
         )
-        work = model.fill_mask(texts, body.top_k, body.include_sequence, service.timeout)
+        work = model.fill_mask(texts, checked, body.top_k, body.include_sequence, service.timeout)
         results = await service.run(request, work, "fill-mask", texts)
-        payload = {"model": model.name, "results": shape_fill_mask(results), "truncated": truncated}
+        payload = {"model": model.name, "results": shape_fill_mask(results), "truncated": checked.truncated}
         return await service.render(payload, inline=small)
 
     @app.post(
@@ -207,7 +207,7 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
     async def classify(body: ClassifyRequest, request: Request) -> Response:
         """The classifier's labels per text, sorted by score."""
         texts = body.texts
-        model, truncated = await prepare(
+        model, checked = await prepare(
             "classify",
             body.model,
             texts,
@@ -215,9 +215,9 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
             lambda m: m.check_texts(texts, body.truncate),
             service.is_small(texts, len(texts)),
         )
-        work = model.classify(texts, body.top_k, service.timeout)
+        work = model.classify(texts, checked, body.top_k, service.timeout)
         results = await service.run(request, work, "classify", texts)
-        payload = {"model": model.name, "results": results, "truncated": truncated}
+        payload = {"model": model.name, "results": results, "truncated": checked.truncated}
         return await service.render(payload, inline=service.is_small(texts, sum(map(len, results))))
 
     @app.post(
@@ -226,9 +226,10 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
     async def attention(body: AttentionRequest, request: Request) -> Response:
         """Every layer's and head's attention matrix over the tokens of one text."""
         texts = [body.text]
-        model, (truncated,) = await prepare(
+        model, checked = await prepare(
             "attention", body.model, texts, "text", lambda m: m.check_texts(texts, body.truncate, "text")
         )
+        (truncated,) = checked.truncated
         result = await service.run(request, model.attention(body.text, service.timeout), "attention", texts)
         maps = result["attentions"]
         payload = {

@@ -54,10 +54,23 @@ class EngineLike(Protocol):
     tasks: list[str]
     language: str
 
-    def fill_mask(self, texts: list[str], top_k: int = 5, with_sequence: bool = True) -> list: ...
+    def fill_mask(
+        self, texts: list[str], top_k: int = 5, with_sequence: bool = True, ids: list | None = None
+    ) -> list: ...
     def next_sentence(self, pairs: list[tuple[str, str]]) -> list[dict]: ...
-    def classify(self, texts: list[str], top_k: int | None = None) -> list[list[dict]]: ...
+    def classify(
+        self, texts: list[str], top_k: int | None = None, ids: list | None = None
+    ) -> list[list[dict]]: ...
     def attention(self, text: str) -> dict: ...
+
+
+@dataclass
+class Checked:
+    """What checking a request's texts found: per text whether it is cut to the model's length, and its
+    pieces (the batch reuses them: each text is encoded once per request)."""
+
+    truncated: list[bool]
+    ids: list[list[int]]
 
 
 class InputError(ValueError):
@@ -158,15 +171,17 @@ class ServedModel:
             tokens,
         )
 
-    def check_texts(self, texts: Sequence[str], truncate: bool, field: str = "inputs") -> list[bool]:
+    def check_texts(self, texts: Sequence[str], truncate: bool, field: str = "inputs") -> Checked:
         """Per text, whether it is cut to max_length; InputError for a long text unless truncate."""
-        flags = []
+        checked = Checked([], [])
         for index, text in enumerate(texts):
-            tokens = len(self.engine.tokenizer.encode_ids(text)) + 2
+            ids = self.engine.tokenizer.encode_ids(text)
+            tokens = len(ids) + 2
             if tokens > self.engine.max_length and not truncate:
                 raise self._too_long((field, index), tokens)
-            flags.append(tokens > self.engine.max_length)
-        return flags
+            checked.truncated.append(tokens > self.engine.max_length)
+            checked.ids.append(ids)
+        return checked
 
     def check_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> list[bool]:
         """check_texts for sentence pairs ([CLS] A [SEP] B [SEP])."""
@@ -179,12 +194,11 @@ class ServedModel:
             flags.append(tokens > self.engine.max_length)
         return flags
 
-    def check_masks(self, texts: Sequence[str], top_k: int, truncate: bool, settings: Settings) -> list[bool]:
+    def check_masks(self, texts: Sequence[str], top_k: int, truncate: bool, settings: Settings) -> Checked:
         """Every text has 1..max_masks_per_text [MASK] tokens the model will see, the request at most
-        max_masks_per_request of them and masks x top_k at most max_predictions; returns the truncated
-        flags."""
+        max_masks_per_request of them and masks x top_k at most max_predictions."""
         tokenizer, max_length = self.engine.tokenizer, self.engine.max_length
-        flags, total = [], 0
+        checked, total = Checked([], []), 0
         for index, text in enumerate(texts):
             ids = tokenizer.encode_ids(text)
             masks = ids.count(MASK_ID)
@@ -208,7 +222,8 @@ class ServedModel:
                     ("inputs", index),
                     f"every [MASK] lies beyond the model's maximum length of {max_length} tokens",
                 )
-            flags.append(cut)
+            checked.truncated.append(cut)
+            checked.ids.append(ids)
             total += seen
         if total > settings.max_masks_per_request:
             raise InputError(
@@ -223,19 +238,23 @@ class ServedModel:
                 f"{settings.max_predictions} a request may ask for; lower top_k or send fewer masks",
                 top_k,
             )
-        return flags
+        return checked
 
     # --- tasks ---------------------------------------------------------------------------------------
     async def fill_mask(
-        self, texts: list[str], top_k: int, with_sequence: bool, timeout: float
+        self, texts: list[str], checked: Checked, top_k: int, with_sequence: bool, timeout: float
     ) -> list[list[list[dict]]]:
-        return await self.batchers["fill-mask"].submit([(t, top_k, with_sequence) for t in texts], timeout)
+        items = [(t, ids, top_k, with_sequence) for t, ids in zip(texts, checked.ids, strict=True)]
+        return await self.batchers["fill-mask"].submit(items, timeout)
 
     async def next_sentence(self, pairs: list[tuple[str, str]], timeout: float) -> list[dict]:
         return await self.batchers["next-sentence"].submit(pairs, timeout)
 
-    async def classify(self, texts: list[str], top_k: int | None, timeout: float) -> list[list[dict]]:
-        return await self.batchers["classify"].submit([(t, top_k) for t in texts], timeout)
+    async def classify(
+        self, texts: list[str], checked: Checked, top_k: int | None, timeout: float
+    ) -> list[list[dict]]:
+        items = [(t, ids, top_k) for t, ids in zip(texts, checked.ids, strict=True)]
+        return await self.batchers["classify"].submit(items, timeout)
 
     async def attention(self, text: str, timeout: float) -> dict:
         (result,) = await self.batchers["attention"].submit([text], timeout)
@@ -249,20 +268,23 @@ def batch_runners(engine: EngineLike) -> dict[str, Callable[[list[Any]], list[An
     each request keeps its own first k, which equals what it would get alone (predictions are sorted).
     """
 
-    def fill_mask(items: list[tuple[str, int, bool]]) -> list[list[list[dict]]]:
-        with_sequence = any(s for _, _, s in items)
+    def fill_mask(items: list[tuple[str, list[int], int, bool]]) -> list[list[list[dict]]]:
+        with_sequence = any(s for _, _, _, s in items)
         results = engine.fill_mask(
-            [t for t, _, _ in items], top_k=max(k for _, k, _ in items), with_sequence=with_sequence
+            [t for t, _, _, _ in items],
+            top_k=max(k for _, _, k, _ in items),
+            with_sequence=with_sequence,
+            ids=[ids for _, ids, _, _ in items],
         )
         out = []
-        for (_, k, keep), per_mask in zip(items, results, strict=True):
+        for (_, _, k, keep), per_mask in zip(items, results, strict=True):
             drop = with_sequence and not keep
             out.append([[_without_sequence(p) if drop else p for p in preds[:k]] for preds in per_mask])
         return out
 
-    def classify(items: list[tuple[str, int | None]]) -> list[list[dict]]:
-        results = engine.classify([t for t, _ in items], top_k=None)
-        return [labels[:k] if k else labels for (_, k), labels in zip(items, results, strict=True)]
+    def classify(items: list[tuple[str, list[int], int | None]]) -> list[list[dict]]:
+        results = engine.classify([t for t, _, _ in items], top_k=None, ids=[ids for _, ids, _ in items])
+        return [labels[:k] if k else labels for (_, _, k), labels in zip(items, results, strict=True)]
 
     def next_sentence(pairs: list[tuple[str, str]]) -> list[dict]:
         return engine.next_sentence(list(pairs))

@@ -74,6 +74,7 @@ from model.tokenizer import (
     Tokenizer,
     TokenizerError,
     file_sha256,
+    pad_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -305,9 +306,20 @@ class Engine:
         return str(recorded) if recorded else detect_language(self.tokenizer)
 
     # --- helpers ----------------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> BatchEncoding:
-        """The project's one tokenizer, truncated to the bundle's max_length, padded to the longest text."""
-        return self.tokenizer.encode_batch(list(texts), text_pairs, max_length=self.max_length)
+    def encode(
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        ids: Sequence[Sequence[int]] | None = None,
+    ) -> BatchEncoding:
+        """The project's one tokenizer, truncated to the bundle's max_length, padded to the longest text.
+
+        ids: the texts' pieces (Tokenizer.encode_ids) when the caller has them already, as the server
+        does after checking a request: the batch is then built from them instead of encoding again.
+        """
+        if ids is None:
+            return self.tokenizer.encode_batch(list(texts), text_pairs, max_length=self.max_length)
+        return pad_batch([self.tokenizer.build_inputs(row, max_length=self.max_length) for row in ids])
 
     def run_pretraining(
         self, batch: BatchEncoding, masked_positions: np.ndarray
@@ -338,18 +350,22 @@ class Engine:
 
     # --- tasks ------------------------------------------------------------------------------------
     def fill_mask(
-        self, texts: list[str], top_k: int = 5, with_sequence: bool = True
+        self,
+        texts: list[str],
+        top_k: int = 5,
+        with_sequence: bool = True,
+        ids: Sequence[Sequence[int]] | None = None,
     ) -> list[list[list[dict]]]:
         """Per text, per [MASK] in order: the top_k predictions {score, token, token_str, sequence}.
 
         with_sequence=False leaves out `sequence` (the text with that mask filled), which is most of an
-        answer's size when a text is long or has many masks.
+        answer's size when a text is long or has many masks. ids: the texts already encoded (encode).
         """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if not texts:
             return []
-        batch = self.encode(texts)
+        batch = self.encode(texts, ids=ids)
         is_mask = batch.input_ids == MASK_ID
         for row, text in enumerate(texts):
             if not is_mask[row].any():
@@ -416,13 +432,15 @@ class Engine:
         scores = softmax(nsp_logits)[:, IS_NEXT]
         return [{"is_next": bool(score >= 0.5), "score": float(score)} for score in scores]
 
-    def classify(self, texts: list[str], top_k: int | None = None) -> list[list[dict]]:
-        """Per text: [{"label", "score"}] sorted by score, all labels or the top_k."""
+    def classify(
+        self, texts: list[str], top_k: int | None = None, ids: Sequence[Sequence[int]] | None = None
+    ) -> list[list[dict]]:
+        """Per text: [{"label", "score"}] sorted by score, all labels or the top_k. ids: as in encode."""
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if not texts:
             return []
-        probs = softmax(self.run_classifier(self.encode(texts)))
+        probs = softmax(self.run_classifier(self.encode(texts, ids=ids)))
         results = []
         for row in probs:
             order = np.argsort(-row, kind="stable")[: top_k or len(row)]

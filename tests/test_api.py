@@ -243,6 +243,28 @@ def test_classify(client: TestClient, engine) -> None:
     assert_422(client.post("/classify", json={"inputs": "x", "top_k": 0}), "top_k", "greater than")
 
 
+def test_each_text_is_encoded_once_per_request(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input checks encode every text; the batch reuses those pieces instead of encoding again."""
+    from model.tokenizer import Tokenizer
+
+    calls: list[str] = []
+    encode_ids, encode_ids_batch = Tokenizer.encode_ids, Tokenizer.encode_ids_batch
+    monkeypatch.setattr(
+        Tokenizer, "encode_ids", lambda self, text: calls.append(text) or encode_ids(self, text)
+    )
+    monkeypatch.setattr(
+        Tokenizer,
+        "encode_ids_batch",
+        lambda self, texts: calls.extend(texts) or encode_ids_batch(self, texts),
+    )
+    texts = ["the cat [MASK] the park.", "a [MASK] dog.", "[MASK] sees the cat."]
+    assert client.post("/fill-mask", json={"inputs": texts}).status_code == 200
+    assert sorted(calls) == sorted(texts)
+    calls.clear()
+    assert client.post("/classify", json={"inputs": texts[:2]}).status_code == 200
+    assert sorted(calls) == sorted(texts[:2])
+
+
 def test_truncation_is_an_option_and_is_reported(client: TestClient, engine) -> None:
     long = "the cat sees the park. " * 12  # over 64 tokens, under 300 characters
     tokens = len(engine.tokenizer.encode_ids(long)) + 2
@@ -268,7 +290,7 @@ def test_attention_maps(client: TestClient) -> None:
     assert (
         maps.shape
         == (body["num_layers"], body["num_heads"], len(tokens), len(tokens))
-        == (1, 2, len(tokens), len(tokens))
+        == (2, 2, len(tokens), len(tokens))  # the tiny bundle: 2 layers, 2 heads
     )
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-4)
     assert_422(client.post("/attention", json={"text": " "}), "text", "empty")
@@ -396,7 +418,9 @@ class BlockingEngine:
         self.fail: Exception | None = None
         self.tokenizer = FakeTokenizer()
 
-    def classify(self, texts: list[str], top_k: int | None = None) -> list[list[dict]]:
+    def classify(
+        self, texts: list[str], top_k: int | None = None, ids: list | None = None
+    ) -> list[list[dict]]:
         if texts != ["hello world"]:  # the warm-up passes
             self.started.set()
             assert self.release.wait(30)
@@ -404,7 +428,9 @@ class BlockingEngine:
                 raise self.fail
         return [[{"label": "positive", "score": 0.75}, {"label": "negative", "score": 0.25}] for _ in texts]
 
-    def fill_mask(self, texts: list[str], top_k: int = 5, with_sequence: bool = True) -> list:
+    def fill_mask(
+        self, texts: list[str], top_k: int = 5, with_sequence: bool = True, ids: list | None = None
+    ) -> list:
         return [[[{"score": 1.0, "token": 7, "token_str": "x"}]] for _ in texts]
 
     def next_sentence(self, pairs: list) -> list[dict]:

@@ -156,7 +156,7 @@ def test_demo_page_runs_every_task_and_draws_attention(tiny_bundle: Path, tmp_pa
         page.send("Page.navigate", url=url + "/")
         page.wait_for("document.body && document.body.dataset.ready === 'true'")
         assert page.eval("document.getElementById('model').value") == "tiny"
-        assert "1 layers" in page.eval("document.getElementById('model-info').textContent")
+        assert "2 layers" in page.eval("document.getElementById('model-info').textContent")
 
         # the example buttons fill the form in either language
         page.click(".examples[data-task='fill-mask'] button[data-language='ko']")
@@ -204,8 +204,8 @@ def test_demo_page_runs_every_task_and_draws_attention(tiny_bundle: Path, tmp_pa
         page.click("#attention-run")
         page.wait_for("document.getElementById('attention-result').dataset.state === 'done'")
         assert (
-            page.eval("document.querySelectorAll('#attention-grid canvas.head-map').length") == 2
-        )  # 1 layer x 2
+            page.eval("document.querySelectorAll('#attention-grid canvas.head-map').length") == 4
+        )  # 2 layers x 2 heads
         page.click("#attention-grid figure[data-head='1'] canvas")
         page.wait_for("document.getElementById('attention-caption').textContent === 'layer 1, head 2'")
         inked = page.eval(
