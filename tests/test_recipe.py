@@ -164,7 +164,8 @@ def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_a_stage_stopped_by_a_signal_stops_the_recipe_unstamped(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pretraining stopped by SIGTERM (saved, exit 143) is not done: no stamp, no fine-tuning on it."""
+    """A pretraining stopped by SIGTERM (saved, exit 143), or whose command returns short of its final
+    step, is not done: no stamp, no fine-tuning on it."""
     import training.cli
 
     real_main = training.cli.main
@@ -181,3 +182,9 @@ def test_a_stage_stopped_by_a_signal_stops_the_recipe_unstamped(
     stamps = tmp_path / "work" / ".stamps"
     assert (stamps / "tokenizer.json").is_file() and not (stamps / "pretrain.json").exists()
     assert not (tmp_path / "work" / "finetune").exists()
+
+    # a command that returns 0 short of the stage's end (no checkpoint at the final step) is not done either
+    monkeypatch.setattr(training.cli, "main", lambda argv: 0 if argv[0] == "pretrain" else real_main(argv))
+    assert real_main(["recipe", str(recipe), "--threads", "1"]) == 2
+    assert "returned before the stage was complete; not stamped" in capsys.readouterr().err
+    assert not (stamps / "pretrain.json").exists() and not (tmp_path / "work" / "finetune").exists()

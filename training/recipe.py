@@ -669,6 +669,10 @@ class Runner:
             print(f"\n{header}: {state}", flush=True)
             started = time.perf_counter()
             stage.run()
+            if stage.complete is not None and not stage.complete():  # e.g. a run that stopped early
+                raise CLIError(
+                    f"{stage.name}: its command returned before the stage was complete; not stamped"
+                )
             self.mark_done(stage, time.perf_counter() - started)
         print(f"\nrecipe {self.recipe['name']}: every stage done; bundle at {self.recipe['bundle']}")
 
