@@ -234,7 +234,8 @@ def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:
             await batcher.close()
             pool.shutdown()
 
-    fill = asyncio.run(batched("fill-mask", [(t, 3, True) for t in texts]))
+    ids = [engine.tokenizer.encode_ids(t) for t in texts]  # a batch item carries its text's pieces
+    fill = asyncio.run(batched("fill-mask", [(t, i, 3, True) for t, i in zip(texts, ids, strict=True)]))
     for text, got in zip(texts, fill, strict=True):
         (alone,) = engine.fill_mask([text], top_k=3)
         assert [[p["token"] for p in m] for m in got] == [[p["token"] for p in m] for m in alone]
@@ -244,7 +245,7 @@ def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:
             rtol=1e-4,
             atol=1e-6,
         )
-    cls = asyncio.run(batched("classify", [(t, None) for t in texts]))
+    cls = asyncio.run(batched("classify", [(t, i, None) for t, i in zip(texts, ids, strict=True)]))
     for text, got in zip(texts, cls, strict=True):
         (alone,) = engine.classify([text])
         assert [x["label"] for x in got] == [x["label"] for x in alone]

@@ -106,6 +106,8 @@ def test_scratch_learns_above_majority(
             "--seeds",
             "1,2",
             *FAST,
+            "--epochs",  # 4 left both seeds at chance until their last epoch: learnable, but on the edge
+            "8",
         ]
     )
     assert code == 0
