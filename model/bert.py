@@ -100,9 +100,9 @@ class BertSelfAttention(nn.Module):
         else:
             # The explicit form: exported to ONNX it matches onnxruntime's Attention fusion pattern
             # (MatMul -> Div -> Add mask -> Softmax -> MatMul), and it can return the attention map.
-            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, nh, T, T)
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, nh, T or P, T)
             probs = torch.softmax(scores + mask, dim=-1)
-            context = torch.matmul(F.dropout(probs, dropout_p, self.training), v)  # (B, nh, T, hd)
+            context = torch.matmul(F.dropout(probs, dropout_p, self.training), v)  # (B, nh, T or P, hd)
         batch, _, rows, _ = context.shape
         context = context.transpose(1, 2).reshape(batch, rows, -1)  # (B, T or P, H)
         return context, probs
@@ -190,17 +190,23 @@ class BertEncoder(nn.Module):
         output_attentions: bool = False,
         output_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """output_positions (B, P): the last layer runs only at these positions (see BertModel)."""
+        """output_positions (B, P): the last layer runs only at these positions (see BertModel), unless
+        the attention maps are asked for: every layer then runs in full, and the rows are picked after."""
         attentions = []
-        last = len(self.layer) - 1
+        prune = output_positions is not None and not output_attentions
         for i, layer in enumerate(self.layer):
-            queries = None
-            if i == last and output_positions is not None:
-                index = output_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
-                queries = torch.gather(hidden, 1, index)  # (B, P, H)
+            queries = _rows(hidden, output_positions) if prune and i == len(self.layer) - 1 else None
             hidden, probs = layer(hidden, mask, output_attentions, queries)
             attentions.append(probs)
+        if output_positions is not None and not prune:
+            hidden = _rows(hidden, output_positions)
         return hidden, (tuple(attentions) if output_attentions else None)
+
+
+def _rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, H) at positions (B, P) -> (B, P, H)."""
+    index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, P, H)
+    return torch.gather(hidden, 1, index)
 
 
 class BertPooler(nn.Module):

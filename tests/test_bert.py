@@ -140,6 +140,19 @@ def test_pruned_last_layer_gives_the_full_models_losses_and_gradients(attn: str)
         assert torch.allclose(full, grads[1][name], atol=1e-6), name
 
 
+def test_attention_maps_stay_full_when_the_last_layer_is_pruned() -> None:
+    """Asked for attention maps, the classifier returns every layer's full (B, heads, T, T) map and the
+    same logits as without them (the pruning of the last layer is skipped, not the maps cut)."""
+    torch.manual_seed(6)
+    model = BertForSequenceClassification(CONFIG, 3).eval()
+    input_ids, token_type_ids, attention_mask = _batch()
+    with torch.no_grad():
+        plain = model(input_ids, token_type_ids, attention_mask)
+        mapped = model(input_ids, token_type_ids, attention_mask, output_attentions=True)
+    assert [tuple(a.shape) for a in mapped.attentions] == [(3, 4, 12, 12)] * CONFIG.num_hidden_layers
+    assert torch.allclose(plain.logits, mapped.logits, atol=1e-6)
+
+
 def test_decoder_is_tied_to_word_embeddings_and_trains_together() -> None:
     model = BertForPreTraining(CONFIG)
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
