@@ -194,13 +194,12 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
         pairs = body.pair_list
         texts = [text for pair in pairs for text in pair]
         small = service.is_small(texts, len(pairs))
-        model, truncated = await prepare(
+        model, checked = await prepare(
             "next-sentence", body.model, texts, "pairs", lambda m: m.check_pairs(pairs, body.truncate), small
         )
-        results = await service.run(
-            request, model.next_sentence(pairs, service.timeout), "next-sentence", texts
-        )
-        payload = {"model": model.name, "results": results, "truncated": truncated}
+        work = model.next_sentence(pairs, checked, service.timeout)
+        results = await service.run(request, work, "next-sentence", texts)
+        payload = {"model": model.name, "results": results, "truncated": checked.truncated}
         return await service.render(payload, inline=small)
 
     @app.post("/classify", response_model=schemas.ClassifyResponse, responses=TASK_RESPONSES, tags=["tasks"])

@@ -57,7 +57,7 @@ class EngineLike(Protocol):
     def fill_mask(
         self, texts: list[str], top_k: int = 5, with_sequence: bool = True, ids: list | None = None
     ) -> list: ...
-    def next_sentence(self, pairs: list[tuple[str, str]]) -> list[dict]: ...
+    def next_sentence(self, pairs: list[tuple[str, str]], ids: list | None = None) -> list[dict]: ...
     def classify(
         self, texts: list[str], top_k: int | None = None, ids: list | None = None
     ) -> list[list[dict]]: ...
@@ -66,11 +66,12 @@ class EngineLike(Protocol):
 
 @dataclass
 class Checked:
-    """What checking a request's texts found: per text whether it is cut to the model's length, and its
-    pieces (the batch reuses them: each text is encoded once per request)."""
+    """What checking a request's texts found: per input whether it is cut to the model's length, and its
+    pieces (the batch reuses them: each text is encoded once per request). An input is a text, whose
+    pieces are a list of ids, or a sentence pair, whose pieces are a (first, second) tuple of such lists."""
 
     truncated: list[bool]
-    ids: list[list[int]]
+    ids: list[Any]
 
 
 class InputError(ValueError):
@@ -183,16 +184,18 @@ class ServedModel:
             checked.ids.append(ids)
         return checked
 
-    def check_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> list[bool]:
+    def check_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool) -> Checked:
         """check_texts for sentence pairs ([CLS] A [SEP] B [SEP])."""
         encode = self.engine.tokenizer.encode_ids
-        flags = []
+        checked = Checked([], [])
         for index, (first, second) in enumerate(pairs):
-            tokens = len(encode(first)) + len(encode(second)) + 3
+            ids = (encode(first), encode(second))
+            tokens = len(ids[0]) + len(ids[1]) + 3
             if tokens > self.engine.max_length and not truncate:
                 raise self._too_long(("pairs", index), tokens)
-            flags.append(tokens > self.engine.max_length)
-        return flags
+            checked.truncated.append(tokens > self.engine.max_length)
+            checked.ids.append(ids)
+        return checked
 
     def check_masks(self, texts: Sequence[str], top_k: int, truncate: bool, settings: Settings) -> Checked:
         """Every text has 1..max_masks_per_text [MASK] tokens the model will see, the request at most
@@ -247,8 +250,11 @@ class ServedModel:
         items = [(t, ids, top_k, with_sequence) for t, ids in zip(texts, checked.ids, strict=True)]
         return await self.batchers["fill-mask"].submit(items, timeout)
 
-    async def next_sentence(self, pairs: list[tuple[str, str]], timeout: float) -> list[dict]:
-        return await self.batchers["next-sentence"].submit(pairs, timeout)
+    async def next_sentence(
+        self, pairs: list[tuple[str, str]], checked: Checked, timeout: float
+    ) -> list[dict]:
+        items = list(zip(pairs, checked.ids, strict=True))
+        return await self.batchers["next-sentence"].submit(items, timeout)
 
     async def classify(
         self, texts: list[str], checked: Checked, top_k: int | None, timeout: float
@@ -286,8 +292,8 @@ def batch_runners(engine: EngineLike) -> dict[str, Callable[[list[Any]], list[An
         results = engine.classify([t for t, _, _ in items], top_k=None, ids=[ids for _, ids, _ in items])
         return [labels[:k] if k else labels for (_, _, k), labels in zip(items, results, strict=True)]
 
-    def next_sentence(pairs: list[tuple[str, str]]) -> list[dict]:
-        return engine.next_sentence(list(pairs))
+    def next_sentence(items: list[tuple[tuple[str, str], tuple[list[int], list[int]]]]) -> list[dict]:
+        return engine.next_sentence([pair for pair, _ in items], ids=[ids for _, ids in items])
 
     def attention(texts: list[str]) -> list[dict]:
         return [engine.attention(t) for t in texts]

@@ -311,15 +311,19 @@ class Engine:
         texts: Sequence[str],
         text_pairs: Sequence[str] | None = None,
         ids: Sequence[Sequence[int]] | None = None,
+        pair_ids: Sequence[Sequence[int]] | None = None,
     ) -> BatchEncoding:
         """The project's one tokenizer, truncated to the bundle's max_length, padded to the longest text.
 
-        ids: the texts' pieces (Tokenizer.encode_ids) when the caller has them already, as the server
-        does after checking a request: the batch is then built from them instead of encoding again.
+        ids (and pair_ids for text_pairs): the texts' pieces (Tokenizer.encode_ids) when the caller has
+        them already, as the server does after checking a request: the batch is then built from them
+        instead of encoding again.
         """
         if ids is None:
             return self.tokenizer.encode_batch(list(texts), text_pairs, max_length=self.max_length)
-        return pad_batch([self.tokenizer.build_inputs(row, max_length=self.max_length) for row in ids])
+        seconds = [None] * len(ids) if pair_ids is None else pair_ids
+        rows = zip(ids, seconds, strict=True)
+        return pad_batch([self.tokenizer.build_inputs(a, b, max_length=self.max_length) for a, b in rows])
 
     def run_pretraining(
         self, batch: BatchEncoding, masked_positions: np.ndarray
@@ -422,11 +426,19 @@ class Engine:
             out.append(prediction)
         return out
 
-    def next_sentence(self, pairs: list[tuple[str, str]]) -> list[dict]:
-        """Per pair: {"is_next": bool, "score": P(second follows first)}."""
+    def next_sentence(
+        self,
+        pairs: list[tuple[str, str]],
+        ids: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+    ) -> list[dict]:
+        """Per pair: {"is_next": bool, "score": P(second follows first)}. ids: per pair the pieces of its
+        first and second text, when the caller has them already (as in encode)."""
         if not pairs:
             return []
-        batch = self.encode([a for a, _ in pairs], [b for _, b in pairs])
+        if ids is None:
+            batch = self.encode([a for a, _ in pairs], [b for _, b in pairs])
+        else:
+            batch = self.encode([a for a, _ in pairs], ids=[a for a, _ in ids], pair_ids=[b for _, b in ids])
         dummy = np.zeros((len(pairs), 1), dtype=np.int64)  # one MLM position: the decoder cost is negligible
         _, nsp_logits = self.run_pretraining(batch, dummy)
         scores = softmax(nsp_logits)[:, IS_NEXT]

@@ -263,6 +263,10 @@ def test_each_text_is_encoded_once_per_request(client: TestClient, monkeypatch: 
     calls.clear()
     assert client.post("/classify", json={"inputs": texts[:2]}).status_code == 200
     assert sorted(calls) == sorted(texts[:2])
+    calls.clear()
+    pairs = [{"first": "the cat sees the park.", "second": "a dog likes a book."}]
+    assert client.post("/next-sentence", json={"pairs": pairs}).status_code == 200
+    assert sorted(calls) == sorted(pairs[0].values())
 
 
 def test_truncation_is_an_option_and_is_reported(client: TestClient, engine) -> None:
@@ -433,7 +437,7 @@ class BlockingEngine:
     ) -> list:
         return [[[{"score": 1.0, "token": 7, "token_str": "x"}]] for _ in texts]
 
-    def next_sentence(self, pairs: list) -> list[dict]:
+    def next_sentence(self, pairs: list, ids: list | None = None) -> list[dict]:
         return [{"is_next": True, "score": 1.0} for _ in pairs]
 
     def attention(self, text: str) -> dict:

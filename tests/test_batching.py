@@ -252,7 +252,8 @@ def test_batched_results_equal_unbatched_results(tiny_bundle) -> None:
         np.testing.assert_allclose(
             [x["score"] for x in got], [x["score"] for x in alone], rtol=1e-4, atol=1e-6
         )
-    nsp = asyncio.run(batched("next-sentence", pairs))
+    pieces = [(engine.tokenizer.encode_ids(a), engine.tokenizer.encode_ids(b)) for a, b in pairs]
+    nsp = asyncio.run(batched("next-sentence", list(zip(pairs, pieces, strict=True))))
     for pair, got in zip(pairs, nsp, strict=True):
         (alone,) = engine.next_sentence([pair])
         assert got["is_next"] == alone["is_next"]

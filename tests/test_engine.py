@@ -103,6 +103,9 @@ def test_next_sentence_matches_torch(engine: Engine, torch_models) -> None:
         nsp = pretraining(**{k: torch.from_numpy(v) for k, v in batch.as_dict().items()}).nsp_logits
     expected = _softmax(nsp)[:, 0]  # index 0 = IsNext
     assert [r["score"] for r in results] == pytest.approx(expected.tolist(), abs=1e-5)
+    # given the pieces the server's checks computed, the long pair is cut the same way (A's front, B's end)
+    pieces = [(engine.tokenizer.encode_ids(a), engine.tokenizer.encode_ids(b)) for a, b in pairs]
+    assert engine.next_sentence(pairs, ids=pieces) == results
     assert [r["is_next"] for r in results] == [bool(p >= 0.5) for p in expected]
 
 
