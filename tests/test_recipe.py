@@ -4,6 +4,7 @@ changed setting re-runs its stage and the stages after it, and the card shows me
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 from pathlib import Path
@@ -140,6 +141,12 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     again = capsys.readouterr().out
     assert "$ pocketbert" not in again and again.count("skipped") == 11
 
+    # the same data with a new modification time (a fresh copy, a re-provisioned share): still done
+    for name in ("corpus.txt", "train.tsv", "test.tsv"):
+        os.utime(tmp_path / name, (1e9, 1e9))
+    assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(" done ") == 11
+
     # a new fine-tuning lr: fine-tuning, export and the card run again; pretraining does not
     write_recipe(tmp_path, lr=2e-3)
     assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
@@ -147,6 +154,22 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert "pretrain           done" in plan and "finetune           run" not in plan
     assert "finetune           resume" in plan and "export             resume" in plan
     assert "finetune-scratch   resume" in plan  # its lr is the recipe's lr too
+
+
+def test_a_data_file_is_known_by_its_content(tmp_path: Path) -> None:
+    """A copy elsewhere, with another modification time, is the same input; one changed byte is not."""
+    from training.recipe import file_identity
+
+    original = tmp_path / "a" / "corpus.txt"
+    original.parent.mkdir()
+    original.write_text("the cat sees the park.\n", encoding="utf-8")
+    copy = tmp_path / "b" / "corpus.txt"
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+    os.utime(copy, (1e9, 1e9))
+    assert file_identity(copy) == file_identity(original)
+    original.write_text("the cat sees the perk.\n", encoding="utf-8")  # same size, other content
+    assert file_identity(copy) != file_identity(original)
 
 
 def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
