@@ -1,4 +1,4 @@
-"""Benchmark: the ONNX engine (fp32, INT8 + optimized) against PyTorch eager on the same weights.
+"""Benchmark: the ONNX engine (fp32 plain and fused, INT8 fused) against PyTorch eager on the same weights.
 
     .venv/bin/python bench/engine.py                      # random 3-layer/256/4-head/vocab-8000 model
     .venv/bin/python bench/engine.py --checkpoint runs/en/pretrain/model.pt --classifier runs/en/best.pt \
@@ -14,6 +14,12 @@ measures the MLM fast path (decoder at the masked positions only) against full (
 whether the answers are the same: classify argmax and fill-mask top-1 of the tuned engine against PyTorch
 eager on the held-out sentences. The last line is one JSON object; `ratio_b1` / `ratio_b32` are the tuned
 INT8 engine / PyTorch eager on the classifier path (`ratio_b*_fixed`: the fixed plan).
+
+`ceiling` says what bounds ratio_b32 on this CPU: the model's FLOPs per sequence turn each backend's
+classify throughput into GFLOP/s, set beside the rate of one large matrix product (the feed-forward's
+(B*T, H) x (H, I) at batch 32) in torch fp32 and in onnxruntime fp32 and dynamic INT8 (quantized as the
+export does). `ratio_b32_ceiling` is the INT8 product's rate over torch's achieved rate: the ratio an
+engine would reach if the whole model ran as fast as that one INT8 product, with nothing else to do.
 """
 
 from __future__ import annotations
@@ -97,6 +103,52 @@ def make_inputs(batch_size: int, vocab_size: int, seed: int) -> tuple[BatchEncod
     ids[:, 0], ids[:, -1], ids[:, MASK_POSITION] = 4, 5, 6  # [CLS] ... [MASK] ... [SEP]
     batch = BatchEncoding(ids, np.zeros_like(ids), np.ones_like(ids))
     return batch, np.full((batch_size, 1), MASK_POSITION, dtype=np.int64)
+
+
+def classify_flops(config: BertConfig, length: int) -> int:
+    """Multiply-adds x 2 for one sequence on the classifier path: every layer but the last at all positions;
+    the last computes keys and values for all positions and the rest for [CLS] alone (as the model does)."""
+    h, i = config.hidden_size, config.intermediate_size
+    full = length * (4 * h * h + 2 * h * i) + 2 * length * length * h  # projections, FFN; scores, mixing
+    last = length * 2 * h * h + (2 * h * h + 2 * h * i) + 2 * length * h
+    pooler_and_head = h * h + 2 * h  # pooler; the two-label head of this benchmark
+    return 2 * ((config.num_hidden_layers - 1) * full + last + pooler_and_head)
+
+
+def gemm_rates(config: BertConfig, threads: int, work: Path, rounds: int, seconds: float) -> dict[str, float]:
+    """GFLOP/s of the feed-forward's first product at batch 32: torch fp32, onnxruntime fp32 and INT8."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.onnx_utils import quantize_int8
+
+    rows, h, i = BATCHES[-1] * SEQ_LEN, config.hidden_size, config.intermediate_size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, h)).astype(np.float32)
+    w = (rng.standard_normal((h, i)) * 0.05).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, h])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, i])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    fp32_path, int8_path = work / "gemm_fp32.onnx", work / "gemm_int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32_path)
+    quantize_int8(fp32_path, int8_path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = {
+        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for name, path in (("ort_fp32", fp32_path), ("ort_int8", int8_path))
+    }
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    fns: dict[str, Callable[[], object]] = {"torch_fp32": lambda: torch.mm(tx, tw)}
+    for name, session in sessions.items():
+        fns[name] = lambda s=session: s.run(None, {"x": x})
+    per_call = measure(fns, 1, rounds, seconds)  # calls per second
+    return {name: round(calls * 2 * rows * h * i / 1e9, 1) for name, calls in per_call.items()}
 
 
 def measure(
@@ -192,6 +244,7 @@ def main() -> int:
         print(f"[bench] exporting bundles from {pre_path.name}, {cls_path.name}", file=sys.stderr)
         common = dict(max_length=128, threads=args.threads)
         export_bundle(pre_path, cls_path, tokenizer_dir, work / "fp32", **common)
+        export_bundle(pre_path, cls_path, tokenizer_dir, work / "fp32_opt", optimize=True, **common)
         int8_info = export_bundle(
             pre_path,
             cls_path,
@@ -205,7 +258,9 @@ def main() -> int:
             eval_limit=args.eval_limit,
             **common,
         )
-        e32, e8 = (Engine.load(work / name, args.threads, plan="fixed") for name in ("fp32", "int8"))
+        e32, e32_opt, e8 = (
+            Engine.load(work / name, args.threads, plan="fixed") for name in ("fp32", "fp32_opt", "int8")
+        )
         os.environ["POCKETBERT_CACHE_DIR"] = str(work / "cache")  # time the plans in this run
         began = time.perf_counter()
         auto = Engine.load(work / "int8", args.threads, plan="auto")
@@ -248,10 +303,12 @@ def main() -> int:
             print(f"[bench] batch {batch_size}", file=sys.stderr)
             fns = {
                 ("classify", "engine_fp32"): lambda b=batch: e32.run_classifier(b),
+                ("classify", "engine_fp32_opt"): lambda b=batch: e32_opt.run_classifier(b),
                 ("classify", "engine_int8_opt"): lambda b=batch: e8.run_classifier(b),
                 ("classify", "engine_int8_auto"): lambda b=batch: auto.run_classifier(b),
                 ("classify", "torch_eager"): torch_classify,
                 ("fill_mask", "engine_fp32"): lambda b=batch, p=positions: e32.run_pretraining(b, p),
+                ("fill_mask", "engine_fp32_opt"): lambda b=batch, p=positions: e32_opt.run_pretraining(b, p),
                 ("fill_mask", "engine_int8_opt"): lambda b=batch, p=positions: e8.run_pretraining(b, p),
                 ("fill_mask", "engine_int8_auto"): lambda b=batch, p=positions: auto.run_pretraining(b, p),
                 ("fill_mask", "torch_eager"): torch_fill_mask,
@@ -284,6 +341,20 @@ def main() -> int:
                 report[f"mlm_fast_path_speedup_b{batch_size}_{backend}"] = round(
                     row["fill_mask"][backend] / row["fill_mask_full_logits"][backend], 2
                 )
+        flops = classify_flops(pretraining.config, SEQ_LEN)
+        gemm = gemm_rates(pretraining.config, args.threads, work, args.rounds, args.seconds)
+        achieved = {
+            backend: round(seqs * flops / 1e9, 1) for backend, seqs in report["b32"]["classify"].items()
+        }
+        report["ceiling"] = {
+            "classify_gflop_per_seq": round(flops / 1e9, 4),
+            "classify_b32_gflops": achieved,
+            "gemm_gflops": gemm,
+            "torch_share_of_its_gemm": round(achieved["torch_eager"] / gemm["torch_fp32"], 2),
+            "engine_share_of_int8_gemm": round(achieved["engine_int8_auto"] / gemm["ort_int8"], 2),
+            "int8_over_fp32_gemm": round(gemm["ort_int8"] / gemm["torch_fp32"], 2),
+            "ratio_b32_ceiling": round(gemm["ort_int8"] / achieved["torch_eager"], 2),
+        }
         report["ratios_refer_to"] = (
             "tuned INT8 engine / torch eager, classify path (ratio_b*_fill_mask: fill-mask path; "
             "*_fixed: the fixed plan)"
