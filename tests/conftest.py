@@ -5,14 +5,28 @@ Tests never need ../shared/data; those that use it skip cleanly when it is absen
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 pytest_plugins = ["bundle_fixtures"]
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def load_bench(name: str) -> ModuleType:
+    """A script of bench/ (not a package) imported as module bench_NAME, to test its functions."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the script look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
 
 _SUBJECTS = [
     "the cat",

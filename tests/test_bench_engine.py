@@ -3,29 +3,16 @@ multiply-adds torch itself counts on the classifier (eager attention: every prod
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
+from conftest import load_bench
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.bert import BertForSequenceClassification
 from model.config import BertConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_engine", ROOT / "bench" / "engine.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_engine"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_classify_flops_counts_what_the_model_multiplies() -> None:
-    bench = load_bench()
+    bench = load_bench("engine")
     config = BertConfig(
         vocab_size=300,
         hidden_size=32,

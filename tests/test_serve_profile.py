@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_serve():
-    spec = importlib.util.spec_from_file_location("bench_serve", ROOT / "bench" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_serve"] = module
-    spec.loader.exec_module(module)
-    return module
-
+from conftest import load_bench
 
 PROCESS = 'process 7:"python -m app.serve"'
 RAW = "\n".join(
@@ -40,7 +27,7 @@ RAW = "\n".join(
 
 
 def test_profile_shares_per_thread_role_and_part() -> None:
-    report = _bench_serve().summarise_profile(RAW)
+    report = load_bench("serve").summarise_profile(RAW)
     loop, worker = report["event_loop"], report["batch_worker"]
     assert loop["samples"] == 100 and worker["samples"] == 40
     assert loop["event loop in C (I/O, HTTP parsing, idle)"] == 0.5
