@@ -147,6 +147,16 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
     assert capsys.readouterr().out.count(" done ") == 11
 
+    # an edited test file: what reads it (fine-tuning scores on it, the baseline, the card) runs again
+    with open(tmp_path / "test.tsv", "a", encoding="utf-8") as test_file:
+        test_file.write("the film was dull and the cast was dull.\t0\n")
+    assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "pretrain           done" in plan and "tokenizer          done" in plan
+    for stage in ("finetune", "finetune-scratch", "baseline", "card"):
+        assert f"{stage:<18} resume" in plan
+    write_task(tmp_path / "test.tsv", 80, 2)  # as it was
+
     # a new fine-tuning lr: fine-tuning, export and the card run again; pretraining does not
     write_recipe(tmp_path, lr=2e-3)
     assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0

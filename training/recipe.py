@@ -221,6 +221,9 @@ class Runner:
         self.tokenizer_dir = self.path("tokenizer")
         self.data_dir, self.indomain_dir = self.path("data"), self.path("indomain-data")
         indomain_text = self.path("task", "indomain.txt")
+        # what fine-tuning, the baseline and the card read: an edited task file re-runs them
+        tests = [task["test"], *(extra["path"] for extra in task.get("extra_tests", []))]
+        self.task_files = [file_identity(path) for path in [task["train"], *tests]]
 
         # 1. in-domain text, one document a line: [indomain] files (e.g. IMDB reviews), or by default
         #    the task's training texts minus the dev rows fine-tuning scores on
@@ -311,7 +314,7 @@ class Runner:
         self.add(
             Stage(
                 "baseline",
-                {"task": task},
+                {"task": task, "task_files": self.task_files},
                 [baseline_json],
                 lambda: self.script(
                     ROOT / "bench" / "baseline.py",
@@ -528,6 +531,7 @@ class Runner:
         ft, task = self.recipe["finetune"], self.recipe["task"]
         source = "adapt" if "adapt" in self.recipe else "pretrain"
         init = self.path(source, "model.pt")
+        files = self.task_files
         per_seed = ft["epochs"] * ft.get("train_examples", 150_000) * ft.get("mean_tokens", 24)
         estimate = per_seed / (FINETUNE_TOKENS_PER_S_PER_THREAD * self.threads)
         out, scratch = self.path("finetune"), self.path("finetune-scratch")
@@ -536,7 +540,7 @@ class Runner:
         self.add(
             Stage(
                 "finetune",
-                {"settings": _without(ft, "scratch_seeds", "scratch_lr"), "task": task},
+                {"settings": _without(ft, "scratch_seeds", "scratch_lr"), "task": task, "task_files": files},
                 [out / "results.json", out / "model.pt"],
                 lambda: self.command(
                     "finetune",
@@ -552,7 +556,11 @@ class Runner:
             Stage(
                 "finetune-scratch",
                 # the pretrained model's seeds are not the ablation's (unless it has none of its own)
-                {"settings": _without(ft, "seeds") if "scratch_seeds" in ft else ft, "task": task},
+                {
+                    "settings": _without(ft, "seeds") if "scratch_seeds" in ft else ft,
+                    "task": task,
+                    "task_files": files,
+                },
                 [scratch / "results.json"],
                 lambda: self.command(
                     "finetune",
