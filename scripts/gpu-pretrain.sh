@@ -17,7 +17,7 @@
 # (7: the training itself, inside one 10-minute call with unpacking, the probe and the copy back),
 # DEVICE (cuda), PRECISION (bf16), BATCH (1024 sequences a step), LR (2e-3), WARMUP_FRACTION (0.05),
 # THREADS (8), EVAL_EVERY (500), PROBE_STEPS (30), MAX_CARRY_MB (48: the repository travels too),
-# PART_BYTES (15 MiB: each file that comes back).
+# PART_BYTES (15 MiB: each file that comes back), FOLDERS ("data indomain-data": what pack takes).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ pack() {
     mkdir -p "$GPU_DIR"
     cp "$workdir/pretrain-config.json" "$GPU_DIR/"
     local folder found=0
-    for folder in data indomain-data; do
+    for folder in ${FOLDERS:-data indomain-data}; do
         if [[ -f $workdir/$folder/index.json ]]; then
             tar -czf "$GPU_DIR/$folder.tar.gz" -C "$workdir" "$folder"
             found=1
@@ -54,8 +54,9 @@ pack() {
     local mb
     mb=$(du -sm "$GPU_DIR" | cut -f1)
     if ((mb > ${MAX_CARRY_MB:-48})); then
+        rm -rf "$GPU_DIR"
         die "pack: $GPU_DIR holds ${mb} MB, more than ${MAX_CARRY_MB:-48} MB can travel beside the repository;" \
-            "prepare a smaller folder (fewer documents) or carry data/ alone"
+            "pack fewer folders (FOLDERS=data) or prepare a smaller one (fewer documents)"
     fi
     echo "packed $(ls "$GPU_DIR" | tr '\n' ' ')(${mb} MB); device run with carry [\"$GPU_DIR\"]:"
     echo "  bash scripts/gpu-pretrain.sh train"

@@ -70,6 +70,7 @@ def test_pack_train_unpack_on_the_cpu(tmp_path: Path, workdir: Path, tiny_config
 def test_a_missing_part_or_an_oversized_pack_is_refused(tmp_path: Path, workdir: Path) -> None:
     too_big = run_script("pack", str(workdir), GPU_DIR=str(tmp_path / "gpu"), MAX_CARRY_MB="0")
     assert too_big.returncode == 2 and "more than 0 MB can travel" in too_big.stderr
+    assert not (tmp_path / "gpu").exists()  # nothing half-packed left to carry by mistake
     missing = run_script("pack", str(tmp_path / "nowhere"), GPU_DIR=str(tmp_path / "gpu"))
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
 
