@@ -34,6 +34,7 @@ def write_data(folder: Path) -> None:
     generate_corpus(folder / "corpus.txt", documents=80)
     write_task(folder / "train.tsv", 240, 1)
     write_task(folder / "test.tsv", 80, 2)
+    write_task(folder / "other.tsv", 30, 3)  # an extra test set, as IMDB is for the English model
 
 
 def write_recipe(folder: Path, lr: float = 1e-3) -> Path:
@@ -52,6 +53,7 @@ name = "csv"
 train = "{train}"
 test = "{test}"
 dev_fraction = 0.2
+extra_tests = [{{ name = "other reviews", task = "csv", path = "{folder / "other.tsv"}" }}]
 
 [tokenizer]
 vocab_size = 160
@@ -122,6 +124,10 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert f"{100 * results['test_acc_mean']:.2f} ± " in card
     assert card.startswith("---\nlanguage: en\n") and "model-index:" in card
     assert "TF-IDF" in card and "same recipe, no pretraining" in card and "a published model" in card
+    (other,) = data["extra_tests"]
+    assert other["name"] == "other reviews" and other["examples"] == 30
+    score = f"{100 * other['accuracy']:.2f}%"
+    assert f"On **other reviews** (30 texts) the shipped bundle scores **{score}**" in card
     assert data["pretraining"]["step"] == 10 and data["adapt"]["tokens_seen"] > 0
     assert [row["ranks"] for row in data["mlm_by_frequency"]][0] == "1-100"
     assert (
