@@ -198,6 +198,13 @@ def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "partial.toml").write_text('name = "x"\nworkdir = "w"\nbundle = "b"\n')
     assert main(["recipe", str(tmp_path / "partial.toml")]) == 2
     assert "missing [corpus]" in capsys.readouterr().err
+    text = write_recipe(tmp_path).read_text(encoding="utf-8")
+    (tmp_path / "no-test.toml").write_text(text.replace('test = "', 'tested = "'), encoding="utf-8")
+    assert main(["recipe", str(tmp_path / "no-test.toml"), "--dry-run"]) == 2
+    assert "no-test.toml: [task] misses 'test'" in capsys.readouterr().err
+    (tmp_path / "extra.toml").write_text(text.replace('task = "csv", path', 'task = "csv", file'))
+    assert main(["recipe", str(tmp_path / "extra.toml"), "--dry-run"]) == 2
+    assert "extra.toml: [task] extra_tests entry 1 misses 'path'" in capsys.readouterr().err
 
 
 def test_a_stage_stopped_by_a_signal_stops_the_recipe_unstamped(

@@ -83,8 +83,23 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
                 if key not in ("name", "workdir", "bundle")
                 else f"{path}: missing the top-level key '{key}'"
             )
+    _check_task(path, recipe["task"])
     recipe["_path"] = str(path)
     return recipe
+
+
+def _check_task(path: Path, task: Any) -> None:
+    """[task] names its data; each of its extra_tests names a set to score the bundle on."""
+    if not isinstance(task, dict):
+        raise CLIError(f"{path}: [task] must be a table")
+    for key in ("name", "train", "test"):
+        if key not in task:
+            raise CLIError(f"{path}: [task] misses '{key}'")
+    for number, extra in enumerate(task.get("extra_tests", []), start=1):
+        missing = [key for key in ("name", "task", "path") if not isinstance(extra, dict) or key not in extra]
+        if missing:
+            names = ", ".join(map(repr, missing))
+            raise CLIError(f"{path}: [task] extra_tests entry {number} misses {names}")
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:
