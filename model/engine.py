@@ -74,7 +74,6 @@ from model.tokenizer import (
     Tokenizer,
     TokenizerError,
     file_sha256,
-    pad_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -321,9 +320,7 @@ class Engine:
         """
         if ids is None:
             return self.tokenizer.encode_batch(list(texts), text_pairs, max_length=self.max_length)
-        seconds = [None] * len(ids) if pair_ids is None else pair_ids
-        rows = zip(ids, seconds, strict=True)
-        return pad_batch([self.tokenizer.build_inputs(a, b, max_length=self.max_length) for a, b in rows])
+        return self.tokenizer.build_batch(ids, pair_ids, max_length=self.max_length)
 
     def run_pretraining(
         self, batch: BatchEncoding, masked_positions: np.ndarray

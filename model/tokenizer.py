@@ -202,15 +202,22 @@ class Tokenizer:
         pad_to: int | None = None,
     ) -> BatchEncoding:
         """Encode and pad a batch to its longest member (or pad_to)."""
-        ids_a = self.encode_ids_batch(texts)
-        ids_b: list[list[int] | None] = (
-            list(self.encode_ids_batch(text_pairs)) if text_pairs is not None else [None] * len(ids_a)
-        )
-        if len(ids_b) != len(ids_a):
-            raise ValueError(f"{len(texts)} texts but {len(ids_b)} text pairs")
-        return pad_batch(
-            [self.build_inputs(a, b, max_length) for a, b in zip(ids_a, ids_b, strict=True)], pad_to
-        )
+        ids_b = self.encode_ids_batch(text_pairs) if text_pairs is not None else None
+        return self.build_batch(self.encode_ids_batch(texts), ids_b, max_length, pad_to)
+
+    def build_batch(
+        self,
+        ids_a: Sequence[Sequence[int]],
+        ids_b: Sequence[Sequence[int]] | None = None,
+        max_length: int = 512,
+        pad_to: int | None = None,
+    ) -> BatchEncoding:
+        """build_inputs over texts already encoded (encode_ids), padded as encode_batch pads."""
+        if ids_b is not None and len(ids_b) != len(ids_a):
+            raise ValueError(f"{len(ids_a)} texts but {len(ids_b)} text pairs")
+        seconds = [None] * len(ids_a) if ids_b is None else ids_b
+        rows = [self.build_inputs(a, b, max_length) for a, b in zip(ids_a, seconds, strict=True)]
+        return pad_batch(rows, pad_to)
 
     # --- ids -> text ------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
