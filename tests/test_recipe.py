@@ -7,12 +7,17 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import generate_corpus
 
 from training.cli import main
+from training.recipe import Runner, Stage, load_recipe
 
 _POSITIVE = ["good", "great", "lovely", "wonderful", "fun", "superb", "charming"]
 _NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak", "poor"]
@@ -234,3 +239,77 @@ def test_a_stage_stopped_by_a_signal_stops_the_recipe_unstamped(
     assert real_main(["recipe", str(recipe), "--threads", "1"]) == 2
     assert "returned before the stage was complete; not stamped" in capsys.readouterr().err
     assert not (stamps / "pretrain.json").exists() and not (tmp_path / "work" / "finetune").exists()
+
+
+def _runner_with_stages(tmp_path: Path, ran: list[str]) -> Runner:
+    """The tiny recipe's runner with two stand-in stages that record their runs and write one file each."""
+    write_data(tmp_path)
+    runner = Runner(load_recipe(write_recipe(tmp_path)), tmp_path / "work", threads=1)
+    runner.stages = []
+    for name in ("first", "second"):
+        output = tmp_path / "work" / f"{name}.txt"
+
+        def run(name: str = name, output: Path = output) -> None:
+            ran.append(name)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(name, encoding="utf-8")
+
+        runner.add(Stage(name, {"setting": 1}, [output], run))
+    return runner
+
+
+def test_a_stage_another_recipe_process_runs_is_waited_for_not_run_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two recipe processes on one work folder (`--only finetune-scratch` beside the full recipe): the
+    second waits on the stage's lock and, when the first stamps it with the same fingerprint, skips it."""
+    ran: list[str] = []
+    runner = _runner_with_stages(tmp_path, ran)
+    runner.lock_poll_s = 0.05
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the other process
+    try:
+        runner.stamps.mkdir(parents=True)
+        lock = runner.stamps / "second.lock"
+        lock.write_text(f"{other.pid}\n", encoding="utf-8")
+        worker = threading.Thread(target=runner.run)
+        worker.start()
+        printed, deadline = "", time.monotonic() + 30
+        while "second: process" not in printed and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the runner has finished "first" and waits on "second"
+            printed += capsys.readouterr().out
+        assert f"second: process {other.pid} runs it" in printed and ran == ["first"]
+        (tmp_path / "work" / "second.txt").write_text("the other process's output", encoding="utf-8")
+        runner.mark_done(runner.stages[1], 1.0)  # the other process stamps the stage, then unlocks it
+        lock.unlink()
+        worker.join(timeout=30)
+    finally:
+        other.kill()
+    assert not worker.is_alive()
+    assert ran == ["first"], "the stage the other process finished must not run again"
+    assert "[2/2] second: done meanwhile by another recipe process, skipped" in capsys.readouterr().out
+    assert not lock.exists() and not list(runner.stamps.glob("*.lock*"))
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    ran: list[str] = []
+    runner = _runner_with_stages(tmp_path, ran)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    runner.stamps.mkdir(parents=True)
+    (runner.stamps / "first.lock").write_text(f"{gone.pid}\n", encoding="utf-8")
+    runner.run()
+    assert ran == ["first", "second"]
+    assert not list(runner.stamps.glob("*.lock*"))
+
+
+def test_a_failing_stage_releases_its_lock(tmp_path: Path) -> None:
+    runner = _runner_with_stages(tmp_path, [])
+
+    def fail() -> None:
+        raise RuntimeError("the stage's command broke")
+
+    runner.stages[0].run = fail
+    with pytest.raises(RuntimeError):
+        runner.run()
+    assert not list(runner.stamps.glob("*.lock*"))
+    assert not runner.stamp_path(runner.stages[0]).exists()

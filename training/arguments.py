@@ -448,7 +448,12 @@ def recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run the recipe's [study] (arms of continued pretraining + task probes)",
     )
     parser.add_argument(
-        "--only", nargs="+", metavar="STAGE", help="run just these stages (even when done), e.g. --only card"
+        "--only",
+        nargs="+",
+        metavar="STAGE",
+        help="run just these stages (even when done), e.g. --only card. Each stage is locked while it "
+        "runs, so this may run beside the full recipe on the same work folder (e.g. --only finetune-scratch "
+        "baseline at idle priority during pretraining): the full recipe waits for one, and skips it",
     )
 
 

@@ -14,12 +14,19 @@ after it.
 A stage interrupted half-way is simply run again: pretraining and fine-tuning resume from their
 checkpoints, the other stages are short and write their outputs atomically.
 
+A stage is locked (WORKDIR/.stamps/STAGE.lock) while it runs, so two recipe processes can share a work
+folder: the stages that do not need the pretrained model (the scratch ablation, the baseline) can run
+beside pretraining on the cores it leaves idle, and the full recipe waits for them or skips them:
+
+    chrt --idle 0 pocketbert recipe R.toml --only finetune-scratch baseline --threads 1
+
 `--dry-run` prints the plan (stage, state, estimated time) and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +38,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +162,7 @@ class Runner:
         self.threads = threads
         self.study = study
         self.stamps = workdir / STAMPS
+        self.lock_poll_s = 5.0  # how often a stage another process holds is checked again
         self.stages: list[Stage] = []
         self._build()
 
@@ -693,6 +701,7 @@ class Runner:
 
     def run(self, only: list[str] | None = None) -> None:
         planned = self.plan()
+        run_started = time.time()
         for number, (stage, state) in enumerate(planned, start=1):
             if only and stage.name not in only:
                 continue
@@ -702,20 +711,79 @@ class Runner:
                     self.mark_done(stage, 0.0)  # verified outputs made outside the recipe: adopted
                 print(f"{header}: done (outputs match the recipe), skipped")
                 continue
-            print(f"\n{header}: {state}", flush=True)
-            started = time.perf_counter()
-            stage.run()
-            if stage.complete is not None and not stage.complete():  # e.g. a run that stopped early
-                raise CLIError(
-                    f"{stage.name}: its command returned before the stage was complete; not stamped"
-                )
-            self.mark_done(stage, time.perf_counter() - started)
+            with self.stage_lock(stage):
+                # e.g. `recipe --only finetune-scratch baseline` run alongside, at idle priority, while
+                # this process pretrained: the same stage with the same fingerprint, finished meanwhile
+                if not only and self.stamped_since(stage, run_started):
+                    print(f"{header}: done meanwhile by another recipe process, skipped")
+                    continue
+                print(f"\n{header}: {state}", flush=True)
+                started = time.perf_counter()
+                stage.run()
+                if stage.complete is not None and not stage.complete():  # e.g. a run that stopped early
+                    raise CLIError(
+                        f"{stage.name}: its command returned before the stage was complete; not stamped"
+                    )
+                self.mark_done(stage, time.perf_counter() - started)
         print(f"\nrecipe {self.recipe['name']}: every stage done; bundle at {self.recipe['bundle']}")
+
+    def stamped_since(self, stage: Stage, since: float) -> bool:
+        """Done, by a stamp written after `since` (so by another process: this one has not run it)."""
+        stamp = self.stamp_path(stage)
+        return stamp.is_file() and stamp.stat().st_mtime >= since and self.is_done(stage)
+
+    @contextlib.contextmanager
+    def stage_lock(self, stage: Stage) -> Iterator[None]:
+        """Hold WORKDIR/.stamps/STAGE.lock while the stage runs, so two recipe processes on one work
+        folder never write the same outputs at once: the second waits for the first. A lock left by a
+        process that no longer exists (killed) is taken over."""
+        self.stamps.mkdir(parents=True, exist_ok=True)
+        lock = self.stamps / f"{stage.name}.lock"
+        mine = lock.with_name(f"{lock.name}.{os.getpid()}")
+        mine.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        waiting = False
+        try:
+            while True:
+                try:
+                    os.link(mine, lock)  # atomic, and fails when the lock exists: never half-written
+                    break
+                except FileExistsError:
+                    holder = _lock_holder(lock)
+                    if holder is None:  # released meanwhile, or its process is gone (killed): stale
+                        lock.unlink(missing_ok=True)
+                        continue
+                    if not waiting:
+                        print(f"{stage.name}: process {holder} runs it in {self.work}; waiting", flush=True)
+                        waiting = True
+                    time.sleep(self.lock_poll_s)
+        finally:
+            mine.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
 # stage helpers
 # --------------------------------------------------------------------------------------------------
+def _lock_holder(lock: Path) -> int | None:
+    """The process id written in a stage lock, if that process is still running; else None."""
+    try:
+        pid = int(lock.read_text(encoding="utf-8").split()[0])
+    except FileNotFoundError:  # released meanwhile
+        return None
+    except (OSError, ValueError, IndexError):  # not a lock this code wrote: left as it is, reported
+        raise CLIError(f"{lock}: unreadable stage lock; remove it if no recipe is running") from None
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # it exists, under another user
+        pass
+    return pid
+
+
 def flags(**options: Any) -> list[str]:
     """Command-line options from keywords: dropout=0.1 -> --dropout 0.1; a list gives several values;
     True gives the bare flag; None and False give nothing."""
