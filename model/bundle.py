@@ -4,7 +4,9 @@ A bundle is a folder with `bundle.json` (format version, model config, special t
 metrics, checks, the sha256 of every other file) beside the files it lists. `tokenizer.model` and
 `pretraining.onnx` are required; `classifier.onnx` (classification), `attention.onnx` (attention maps)
 and `reference.json` (a self-test: a few inputs and the outputs the graphs gave at export) are optional,
-so a bundle of a model that was never fine-tuned serves fill-mask and next-sentence.
+so a bundle of a model that was never fine-tuned serves fill-mask and next-sentence. `weights.bin` holds
+the graphs' large initializers as ONNX external data, each distinct tensor once (the pretraining and
+attention graphs share the pretrained encoder); bundles whose graphs hold their weights inline have none.
 
 Loading verifies the manifest before any onnxruntime session is created, so a damaged or too-new bundle
 is reported in one precise sentence instead of an error from deep inside onnxruntime. The reference
@@ -32,8 +34,9 @@ PRETRAINING_FILE = "pretraining.onnx"
 CLASSIFIER_FILE = "classifier.onnx"
 ATTENTION_FILE = "attention.onnx"
 REFERENCE_FILE = "reference.json"
+WEIGHTS_FILE = "weights.bin"  # the graphs' large initializers, each distinct tensor once (ONNX external data)
 REQUIRED_FILES = (TOKENIZER_FILE, PRETRAINING_FILE)
-OPTIONAL_FILES = (CLASSIFIER_FILE, ATTENTION_FILE, REFERENCE_FILE)
+OPTIONAL_FILES = (CLASSIFIER_FILE, ATTENTION_FILE, REFERENCE_FILE, WEIGHTS_FILE)
 BUNDLE_FILES = (*REQUIRED_FILES, *OPTIONAL_FILES)
 REQUIRED_KEYS = ("format_version", "config", "max_length", "special_tokens", "files")
 REFERENCE_FORMAT = 1
@@ -116,6 +119,11 @@ def checksums(bundle_dir: str | Path, names: Iterable[str]) -> dict[str, str]:
     bundle_dir = Path(bundle_dir)
     wanted = set(names) | {name for name in OPTIONAL_FILES if (bundle_dir / name).is_file()}
     return {name: file_sha256(bundle_dir / name) for name in sorted(wanted)}
+
+
+def graphs_bytes(bundle_dir: str | Path) -> int:
+    """Bytes of the model itself: the ONNX graphs and their shared weights file."""
+    return sum(f.stat().st_size for f in Path(bundle_dir).iterdir() if f.suffix in (".onnx", ".bin"))
 
 
 def bundle_tasks(info: dict[str, Any]) -> list[str]:

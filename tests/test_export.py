@@ -17,6 +17,7 @@ from model.engine import Engine
 from model.tokenizer import file_sha256
 from training.errors import CLIError
 from training.export import ParityError, export_bundle, random_batches
+from training.onnx_utils import SHARED_MIN_BYTES
 
 BUNDLE_FILES = {
     "bundle.json",
@@ -25,6 +26,7 @@ BUNDLE_FILES = {
     "classifier.onnx",
     "attention.onnx",
     "reference.json",
+    "weights.bin",
 }
 
 
@@ -82,7 +84,7 @@ def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> No
     assert info["language"] == "ko"
     reference = json.loads((tiny_bundle / "reference.json").read_text(encoding="utf-8"))
     assert reference["cases"], "export records the graphs' outputs for the load-time self-test"
-    assert {k: v for k, v in info["export"].items() if k != "graphs"} == {
+    assert {k: v for k, v in info["export"].items() if k not in ("graphs", "weights")} == {
         "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
         "opset": 17,
         "optimized": False,
@@ -92,6 +94,31 @@ def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoints) -> No
     assert info["export"]["graphs"]["pretraining.onnx"]["outputs"] == ["mlm_logits", "nsp_logits"]
     assert all(v <= 1e-4 for v in info["checks"]["parity"]["fp32"].values())
     assert info["checks"]["int8"] == {"run": False, "reason": "not quantized"}
+
+
+def test_large_weights_are_stored_once_beside_the_graphs(tiny_bundle: Path) -> None:
+    """The pretraining and attention graphs are the same pretrained encoder: weights.bin holds each of
+    their large tensors once, and every graph points into it (ONNX external data)."""
+    info = load_manifest(tiny_bundle)
+    inline = 0
+    for name in ("pretraining.onnx", "classifier.onnx", "attention.onnx"):
+        bare = onnx.load(str(tiny_bundle / name), load_external_data=False).graph.initializer
+        locations = {e.value for t in bare for e in t.external_data if e.key == "location"}
+        assert locations == {"weights.bin"}, name
+        loaded = onnx.load(str(tiny_bundle / name)).graph.initializer  # with the external data read in
+        inline += sum(len(t.raw_data) for t in loaded if len(t.raw_data) >= SHARED_MIN_BYTES)
+    weights = info["export"]["weights"]
+    embedding = info["config"]["vocab_size"] * info["config"]["hidden_size"] * 4  # fp32 word embeddings
+    assert weights["weights_bytes"] + weights["shared_bytes_saved"] == inline
+    assert weights["shared_bytes_saved"] >= embedding  # at least the table both pretrained graphs hold
+    assert weights["weights_bytes"] <= (tiny_bundle / "weights.bin").stat().st_size < inline
+
+
+def test_a_bundle_without_its_weights_file_is_refused_by_name(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(tiny_bundle, tmp_path)
+    (bundle / "weights.bin").unlink()
+    with pytest.raises(BundleError, match=r"missing file\(s\) weights.bin"):
+        Engine.load(bundle)
 
 
 def test_graph_inputs_have_dynamic_batch_and_sequence(tiny_bundle: Path) -> None:

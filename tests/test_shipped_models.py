@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from model.bundle import graphs_bytes
 from model.engine import Engine
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -98,5 +99,10 @@ def test_card_headline_is_the_measured_results(name: str) -> None:
     text = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert text.startswith(f"---\nlanguage: {name[:2]}\n")
     assert f"{100 * card['finetune']['test_acc_mean']:.2f} ± " in text
-    onnx_mb = sum(f.stat().st_size for f in folder.glob("*.onnx")) / 1e6
+    onnx_mb = graphs_bytes(folder) / 1e6
     assert onnx_mb < 20, f"{name}: {onnx_mb:.1f} MB of graphs"  # small enough to commit and ship
+
+
+def test_all_shipped_bundles_together_fit_in_30_mb() -> None:
+    total = sum(f.stat().st_size for f in BUNDLES.rglob("*") if f.is_file())
+    assert total <= 30e6, f"bundles/ holds {total / 1e6:.1f} MB"

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from model.bundle import graphs_bytes
 from training.publish import staged
 
 CARD_FILE = "MODEL_CARD.md"
@@ -153,7 +154,7 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
         "export": {
             "checks": manifest.get("checks"),
             "export": manifest.get("export"),
-            "size_mb": round(sum(f.stat().st_size for f in target.iterdir() if f.suffix == ".onnx") / 1e6, 2),
+            "size_mb": round(graphs_bytes(target) / 1e6, 2),
         },
         "compute": card.get("compute", "CPU"),
         "extra_tests": [_extra_test(engine, test) for test in task.get("extra_tests", [])],

@@ -30,7 +30,15 @@ import onnxruntime
 import torch
 
 from model.bert import BertForPreTraining
-from model.bundle import FORMAT_VERSION, MANIFEST, REQUIRED_FILES, TOKENIZER_FILE, bundle_tasks, checksums
+from model.bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    REQUIRED_FILES,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    bundle_tasks,
+    checksums,
+)
 from model.checkpoint import load_model
 from model.engine import Engine, detect_language, make_session, write_reference
 from model.tokenizer import MASK_ID, NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer
@@ -286,8 +294,7 @@ def export_bundle(
                 threads,
             )
             shutil.copyfile(tokenizer.path, staging / TOKENIZER_FILE)
-            for name, graph in final.items():
-                shutil.copyfile(graph, staging / f"{name}.onnx")
+            export_report["weights"] = onnx_utils.save_with_shared_weights(final, staging, WEIGHTS_FILE)
         info = _manifest(
             staging,
             out_dir.name,
