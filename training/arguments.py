@@ -453,7 +453,8 @@ def recipe_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAGE",
         help="run just these stages (even when done), e.g. --only card. Each stage is locked while it "
         "runs, so this may run beside the full recipe on the same work folder (e.g. --only finetune-scratch "
-        "baseline at idle priority during pretraining): the full recipe waits for one, and skips it",
+        "baseline on cores the pretraining leaves free): the full recipe waits for such a stage, then skips "
+        "it",
     )
 
 

@@ -15,10 +15,12 @@ A stage interrupted half-way is simply run again: pretraining and fine-tuning re
 checkpoints, the other stages are short and write their outputs atomically.
 
 A stage is locked (WORKDIR/.stamps/STAGE.lock) while it runs, so two recipe processes can share a work
-folder: the stages that do not need the pretrained model (the scratch ablation, the baseline) can run
-beside pretraining on the cores it leaves idle, and the full recipe waits for them or skips them:
+folder: on a machine with cores the pretraining does not use, the stages that do not need the pretrained
+model (the scratch ablation, the baseline) can run beside it, and the full recipe waits for them or skips
+them. (Where pretraining already keeps every core busy, as `--threads 2` on 2 cores does, this gains
+nothing: a side job at idle priority measured 150x slower than alone.)
 
-    chrt --idle 0 pocketbert recipe R.toml --only finetune-scratch baseline --threads 1
+    pocketbert recipe R.toml --only finetune-scratch baseline --threads 2
 
 `--dry-run` prints the plan (stage, state, estimated time) and runs nothing.
 """
