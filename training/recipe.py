@@ -18,7 +18,7 @@ A stage is locked (WORKDIR/.stamps/STAGE.lock) while it runs, so two recipe proc
 folder: on a machine with cores the pretraining does not use, the stages that do not need the pretrained
 model (the scratch ablation, the baseline) can run beside it, and the full recipe waits for them or skips
 them. (Where pretraining already keeps every core busy, as `--threads 2` on 2 cores does, this gains
-nothing: a side job at idle priority measured 150x slower than alone.)
+nothing: a fine-tuning side job at idle priority ran 34-44 s a step, over 100x slower than alone.)
 
     pocketbert recipe R.toml --only finetune-scratch baseline --threads 2
 
