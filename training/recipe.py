@@ -753,8 +753,11 @@ class Runner:
                     os.link(mine, lock)  # atomic, and fails when the lock exists: never half-written
                     break
                 except FileExistsError:
-                    holder = _lock_holder(lock)
-                    if holder is None:  # released meanwhile, or its process is gone (killed): stale
+                    try:
+                        holder = _lock_holder(lock)
+                    except FileNotFoundError:  # released meanwhile: try again, never removing a new lock
+                        continue
+                    if holder is None:  # its process is gone (killed): a stale lock
                         lock.unlink(missing_ok=True)
                         continue
                     if not waiting:
@@ -773,11 +776,11 @@ class Runner:
 # stage helpers
 # --------------------------------------------------------------------------------------------------
 def _lock_holder(lock: Path) -> int | None:
-    """The process id written in a stage lock, if that process is still running; else None."""
+    """The process id written in a stage lock, if that process is still running; else None (stale)."""
     try:
         pid = int(lock.read_text(encoding="utf-8").split()[0])
-    except FileNotFoundError:  # released meanwhile
-        return None
+    except FileNotFoundError:  # released meanwhile: the caller tries to take it again
+        raise
     except (OSError, ValueError, IndexError):  # not a lock this code wrote: left as it is, reported
         raise CLIError(f"{lock}: unreadable stage lock; remove it if no recipe is running") from None
     try:
