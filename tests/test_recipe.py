@@ -42,7 +42,7 @@ def write_data(folder: Path) -> None:
     write_task(folder / "other.tsv", 30, 3)  # an extra test set, as IMDB is for the English model
 
 
-def write_recipe(folder: Path, lr: float = 1e-3) -> Path:
+def write_recipe(folder: Path, lr: float = 1e-3, last_phase: int = 10) -> Path:
     corpus, train, test = folder / "corpus.txt", folder / "train.tsv", folder / "test.tsv"
     text = f"""
 name = "tiny-sentiment"
@@ -79,7 +79,7 @@ lr = 1e-3
 warmup = 2
 eval_every = 5
 eval_batches = 2
-phases = [{{ steps = 10, stop_at = 6 }}, {{ steps = 10 }}]
+phases = [{{ steps = 10, stop_at = 6 }}, {{ steps = {last_phase} }}]
 
 [adapt]
 steps = 4
@@ -175,6 +175,16 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert "pretrain           done" in plan and "finetune           run" not in plan
     assert "finetune           resume" in plan and "export             resume" in plan
     assert "finetune-scratch   resume" in plan  # its lr is the recipe's lr too
+
+    # a longer pretraining: everything that reads the pretrained model runs again, the scratch ablation
+    # (same architecture, random weights) and the baseline do not
+    write_recipe(tmp_path, last_phase=12)
+    assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "prepare            done" in plan and "pretrain           resume" in plan
+    for stage in ("adapt", "finetune", "export", "card"):
+        assert f"{stage:<18} resume" in plan
+    assert "finetune-scratch   done" in plan and "baseline           done" in plan
 
 
 def test_a_data_file_is_known_by_its_content(tmp_path: Path) -> None:

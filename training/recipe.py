@@ -10,7 +10,8 @@ of the card can be traced to the command that made it):
 A stage is skipped when its outputs exist and its stamp (WORKDIR/.stamps/STAGE.json) records the same
 fingerprint: a hash of the stage's settings and of its inputs (data files by name, size and content
 hash, earlier stages by their own fingerprints), so changing a setting re-runs that stage and everything
-after it.
+after it that reads it. (The scratch ablation reads the architecture, not the pretraining run: a longer
+pretraining schedule leaves it done.)
 A stage interrupted half-way is simply run again: pretraining and fine-tuning resume from their
 checkpoints, the other stages are short and write their outputs atomically.
 
@@ -433,8 +434,7 @@ class Runner:
         data = [self.data_dir, *([self.indomain_dir] if pre.get("with_indomain") else [])]
 
         def run_pretrain() -> None:
-            config = BertConfig(vocab_size=self.recipe["tokenizer"]["vocab_size"], **pre.get("config", {}))
-            config.to_json(config_path)
+            self.model_config().to_json(config_path)
             adopt_head_start(pre.get("head_start"), out, self.tokenizer_dir / "tokenizer.model")
             for phase in phases:  # each a --resume of the same run, with its own schedule
                 end = phase.get("stop_at", phase["steps"])
@@ -463,6 +463,11 @@ class Runner:
             * tokens_per_step
             / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
         )
+
+    def model_config(self) -> BertConfig:
+        """The architecture every model of the recipe has: the pretrained one and the scratch ablation."""
+        vocab_size = self.recipe["tokenizer"]["vocab_size"]
+        return BertConfig(vocab_size=vocab_size, **self.recipe["pretrain"].get("config", {}))
 
     def _add_adapt(self) -> None:
         adapt = self.recipe["adapt"]
@@ -580,29 +585,37 @@ class Runner:
                 adopt=lambda: finetune_matches(out / "results.json", ft, seeds, ft["lr"], init),
             )
         )
+        scratch_config = self.path("scratch-config.json")
+
+        def run_scratch() -> None:
+            self.model_config().to_json(scratch_config)
+            self.command(
+                "finetune",
+                *self._finetune_flags(scratch_lr),
+                *flags(
+                    init="scratch",
+                    config=scratch_config,
+                    tokenizer=self.tokenizer_dir,
+                    seeds=_seeds(scratch_seeds),
+                    out=scratch,
+                ),
+            )
+
         self.add(
             Stage(
                 "finetune-scratch",
-                # the pretrained model's seeds are not the ablation's (unless it has none of its own)
+                # the pretrained model's seeds are not the ablation's (unless it has none of its own);
+                # it shares pretraining's architecture, not its run: a longer pretraining leaves it done
                 {
                     "settings": _without(ft, "seeds") if "scratch_seeds" in ft else ft,
+                    "config": self.model_config().to_dict(),
                     "task": task,
                     "task_files": files,
                 },
                 [scratch / "results.json"],
-                lambda: self.command(
-                    "finetune",
-                    *self._finetune_flags(scratch_lr),
-                    *flags(
-                        init="scratch",
-                        config=self.path("pretrain-config.json"),
-                        tokenizer=self.tokenizer_dir,
-                        seeds=_seeds(scratch_seeds),
-                        out=scratch,
-                    ),
-                ),
+                run_scratch,
                 estimate_s=estimate * len(scratch_seeds),
-                after=["tokenizer", "pretrain"],
+                after=["tokenizer"],
                 adopt=lambda: finetune_matches(
                     scratch / "results.json", ft, scratch_seeds, scratch_lr, "scratch"
                 ),
