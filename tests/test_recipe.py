@@ -129,6 +129,10 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert f"{100 * results['test_acc_mean']:.2f} ± " in card
     assert card.startswith("---\nlanguage: en\n") and "model-index:" in card
     assert "TF-IDF" in card and "same recipe, no pretraining" in card and "a published model" in card
+    (seed,) = results["seeds"]  # the bundle's classifier is named, with its own test figure
+    assert f"seed 1's: the seed with the best dev accuracy ({100 * seed['best_dev_acc']:.2f}%" in card
+    assert f"It scores {100 * seed['test_acc']:.2f}% on the test set" in card
+    assert "single jamo" not in card  # an English tokenizer table has no Hangul column
     (other,) = data["extra_tests"]
     assert other["name"] == "other reviews" and other["examples"] == 30
     score = f"{100 * other['accuracy']:.2f}%"

@@ -106,3 +106,25 @@ def test_card_headline_is_the_measured_results(name: str) -> None:
 def test_all_shipped_bundles_together_fit_in_30_mb() -> None:
     total = sum(f.stat().st_size for f in BUNDLES.rglob("*") if f.is_file())
     assert total <= 30e6, f"bundles/ holds {total / 1e6:.1f} MB"
+
+
+@pytest.mark.skipif(not (BUNDLES / "en-sst2").exists(), reason="en-sst2 is not shipped yet")
+def test_the_server_with_both_shipped_models_routes_each_language_to_its_model() -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    with TestClient(create_app(Settings(bundles=[BUNDLES], ort_threads=1))) as client:
+        models = {m["name"]: m["language"] for m in client.get("/v1/models").json()["models"]}
+        assert models == {"ko-nsmc": "ko", "en-sst2": "en"}
+        for name in ("ko-nsmc", "en-sst2"):
+            for label in ("positive", "negative"):
+                body = client.post("/classify", json={"inputs": CASES[name][label], "top_k": 1}).json()
+                assert body["model"] == name, body  # no model named: chosen by the text's language
+                assert [result[0]["label"] for result in body["results"]] == [label, label], body
+        body = client.post("/fill-mask", json={"inputs": CASES["en-sst2"]["mask"], "top_k": 3}).json()
+        assert body["model"] == "en-sst2"
+        assert re.fullmatch(r"[A-Za-z]+", body["results"][0][0]["token_str"].strip()), body
+        mixed = {"inputs": [CASES["ko-nsmc"]["positive"][0], CASES["en-sst2"]["positive"][0]]}
+        assert client.post("/classify", json=mixed).status_code == 422

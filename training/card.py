@@ -68,6 +68,7 @@ def finetune_summary(results: dict[str, Any] | None) -> dict[str, Any] | None:
         "failed_runs",
         "runs",
         "majority_test_acc",
+        "best_seed",
         "hyperparameters",
         "examples",
     )
@@ -246,6 +247,22 @@ def front_matter(recipe: dict[str, Any], data: dict[str, Any]) -> str:
     return "\n".join(lines + ["---", ""])
 
 
+def shipped_seed_lines(ft: dict[str, Any] | None, checks: dict[str, Any]) -> list[str]:
+    """Which seed's classifier the bundle holds and what that one scores: the table's figure is a mean."""
+    if not ft or ft.get("best_seed") is None:
+        return []
+    seed = next(s for s in ft["seeds"] if s["seed"] == ft["best_seed"])
+    line = (
+        f"The bundle holds one classifier, seed {seed['seed']}'s: the seed with the best dev accuracy "
+        f"({_pct(seed['best_dev_acc'], 2)}%; the test set plays no part in the choice). It scores "
+        f"{_pct(seed['test_acc'], 2)}% on the test set"
+    )
+    scored = (checks.get("int8") or {}).get("classifier") or {}
+    if scored.get("run") and scored.get("int8_accuracy") is not None:
+        line += f", {scored['int8_accuracy']:.2f}% as the shipped INT8 graph"
+    return [line + ".", ""]
+
+
 def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
     """MODEL_CARD.md from the recipe's [card] texts and the measured figures."""
     card, task = recipe.get("card", {}), recipe["task"]
@@ -286,6 +303,7 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             f"{extra['max_length']} pieces and kept only their start.",
             "",
         ]
+    out += shipped_seed_lines(ft, data["export"].get("checks") or {})
     if ft and base:
         margin = 100 * (ft["test_acc_mean"] - base["test_acc"])
         verdict = "above" if margin > 0 else "below"
@@ -389,12 +407,17 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
         "",
         card.get("tokenizer_text", "").strip(),
         "",
-        "| tokenizer | text | texts | pieces per text | chars per piece | [UNK] | single jamo |",
-        "|---|---|---|---|---|---|---|",
+    ]
+    jamo = recipe.get("language") == "ko"  # Hangul's letters as pieces of their own: a Korean concern
+    out += [
+        "| tokenizer | text | texts | pieces per text | chars per piece | [UNK] |"
+        + (" single jamo |" if jamo else ""),
+        "|---|---|---|---|---|---|" + ("---|" if jamo else ""),
     ]
     out += [
         f"| {r['tokenizer']} | {r['text']} | {r['texts']:,} | {r['pieces_per_text']:.2f} | "
-        f"{r['chars_per_piece']:.2f} | {100 * r['unk_share']:.3f}% | {100 * r['single_jamo_share']:.2f}% |"
+        f"{r['chars_per_piece']:.2f} | {100 * r['unk_share']:.3f}% |"
+        + (f" {100 * r['single_jamo_share']:.2f}% |" if jamo else "")
         for r in data["tokenizer"]
     ]
     out.append("")
