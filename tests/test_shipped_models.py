@@ -46,16 +46,7 @@ def shipped(name: str) -> Path:
     return folder
 
 
-# Each shipped model, as a pytest parameter; the English model is issue 15's and not committed yet.
-SHIPPED = [
-    pytest.param(
-        name,
-        marks=pytest.mark.skipif(
-            name == "en-sst2" and not (BUNDLES / name).exists(), reason="en-sst2 is not shipped yet"
-        ),
-    )
-    for name in sorted(CASES)
-]
+SHIPPED = sorted(CASES)  # a shipped model missing from bundles/ fails its tests, it is not skipped
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
@@ -108,7 +99,6 @@ def test_all_shipped_bundles_together_fit_in_30_mb() -> None:
     assert total <= 30e6, f"bundles/ holds {total / 1e6:.1f} MB"
 
 
-@pytest.mark.skipif(not (BUNDLES / "en-sst2").exists(), reason="en-sst2 is not shipped yet")
 def test_the_server_with_both_shipped_models_routes_each_language_to_its_model() -> None:
     from fastapi.testclient import TestClient
 
@@ -128,3 +118,45 @@ def test_the_server_with_both_shipped_models_routes_each_language_to_its_model()
         assert re.fullmatch(r"[A-Za-z]+", body["results"][0][0]["token_str"].strip()), body
         mixed = {"inputs": [CASES["ko-nsmc"]["positive"][0], CASES["en-sst2"]["positive"][0]]}
         assert client.post("/classify", json=mixed).status_code == 422
+
+
+def readme_examples() -> list[tuple[str, dict, dict]]:
+    """The README's shipped-model examples: each curl command (path, body) and the JSON shown below it."""
+    readme = (BUNDLES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The shipped models", 1)[1].split("\n## ", 1)[0]
+    pattern = r"```bash\ncurl -s localhost:8000(/[\w-]+) .*?-d '(.*?)'\n```\n```json\n(.*?)\n```"
+    found = re.findall(pattern, section)
+    return [(path, json.loads(body), json.loads(answer)) for path, body, answer in found]
+
+
+def assert_close(shown: object, served: object, where: str = "") -> None:
+    """Equal, except that a float shown rounded to 4 places may differ from the served one by 5e-4."""
+    if isinstance(shown, float):
+        assert served == pytest.approx(shown, abs=5e-4), where
+    elif isinstance(shown, dict):
+        assert isinstance(served, dict) and shown.keys() == served.keys(), where
+        for key in shown:
+            assert_close(shown[key], served[key], f"{where}.{key}")
+    elif isinstance(shown, list):
+        assert isinstance(served, list) and len(shown) == len(served), where
+        for i, (a, b) in enumerate(zip(shown, served, strict=True)):
+            assert_close(a, b, f"{where}[{i}]")
+    else:
+        assert shown == served, where
+
+
+def test_readme_shows_what_the_shipped_models_answer() -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    examples = readme_examples()
+    served_by = {answer["model"] for _, _, answer in examples}
+    paths = {path for path, _, _ in examples}
+    assert served_by == {"ko-nsmc", "en-sst2"} and paths == {"/classify", "/fill-mask", "/next-sentence"}
+    with TestClient(create_app(Settings(bundles=[BUNDLES], ort_threads=1))) as client:
+        for path, body, shown in examples:
+            response = client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            assert_close(shown, response.json(), f"{path} {body}")
