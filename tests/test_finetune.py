@@ -322,3 +322,26 @@ def test_resume_refuses_a_checkpoint_of_other_settings(
     save_training_state(tmp_path / "ft" / "checkpoint.pt", {"step": 3, "model": {}})  # a pretraining state
     assert main(argv) == 2
     assert "not a fine-tuning checkpoint" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_run_whose_init_weights_changed(
+    tmp_path: Path, tiny_pretrain_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same --init path holding other weights (a pretraining continued since) is another run."""
+    import shutil
+
+    from training.checkpointing import save_training_state
+    from training.cli import build_parser
+    from training.finetune import run_settings
+
+    init = tmp_path / "pretrained.pt"
+    shutil.copy(tiny_pretrain_run / "model.pt", init)
+    train = write_nsmc(tmp_path / "ratings.txt", sentiment_rows(40, 0))
+    argv = ["finetune", "--task", "nsmc", "--train", str(train), "--dev", str(train), "--init", str(init)]
+    argv += ["--out", str(tmp_path / "ft"), *FAST]
+    settings = run_settings(build_parser("finetune").parse_args(argv))
+    state = {"kind": "finetune", "settings": settings, "finished": [], "seed": None, "model": None}
+    shutil.copy(tiny_pretrain_run / "checkpoint.pt", init)  # other bytes at the same path
+    save_training_state(tmp_path / "ft" / "checkpoint.pt", state)
+    assert main([*argv, "--resume"]) == 2
+    assert "the weights in --init changed (sha256 " in capsys.readouterr().err

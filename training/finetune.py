@@ -29,7 +29,7 @@ import torch
 from model.bert import BertForSequenceClassification
 from model.checkpoint import MODEL_FILENAME, load_model, read_weights, remove_stale_temporaries, save_model
 from model.config import BertConfig
-from model.tokenizer import Encoding, Tokenizer, pad_batch, resolve_tokenizer
+from model.tokenizer import Encoding, Tokenizer, file_sha256, pad_batch, resolve_tokenizer
 from training.checkpointing import TRAINING_STATE_FILENAME, load_training_state, save_training_state
 from training.errors import CLIError
 from training.loop import HeapTrimmer, Window, clip_and_step, progress_bar
@@ -368,11 +368,13 @@ PATH_SETTINGS = ("train", "dev", "test", "init", "tokenizer", "config")
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """RUN_SETTINGS' values, with paths made absolute (the same run, started from another folder)."""
+    """RUN_SETTINGS' values, with paths made absolute (the same run, started from another folder), and the
+    initial weights by content: a pretraining continued since (same path, new weights) is another run."""
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
     for name in PATH_SETTINGS:
         if settings[name] not in (None, "scratch"):
             settings[name] = str(Path(settings[name]).resolve())
+    settings["init_sha256"] = None if args.init == "scratch" else file_sha256(args.init)
     return settings
 
 
@@ -389,10 +391,16 @@ def read_partial_run(path: Path, settings: dict[str, Any], resume: bool) -> dict
     if state.get("kind") != "finetune":
         raise CLIError(f"{path}: not a fine-tuning checkpoint (a pretraining run's?); choose another --out")
     saved = state["settings"]
-    differing = [name for name in RUN_SETTINGS if saved.get(name) != settings[name]]
+    compared = [*RUN_SETTINGS, *(["init_sha256"] if "init_sha256" in saved else [])]  # older: no hash
+    differing = [name for name in compared if saved.get(name) != settings[name]]
     if not differing:
         return state
-    changes = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)!r} -> {settings[n]!r}" for n in differing)
+    changes = ", ".join(
+        f"the weights in --init changed (sha256 {saved[n][:12]} -> {settings[n][:12]})"
+        if n == "init_sha256" and saved[n] and settings[n]
+        else f"--{n.replace('_', '-')} {saved.get(n)!r} -> {settings[n]!r}"
+        for n in differing
+    )
     if resume:
         raise CLIError(f"{path}: the unfinished run there has other settings ({changes}); drop --resume")
     print(f"note: {path} holds an unfinished run with other settings ({changes}); starting afresh")
