@@ -454,3 +454,15 @@ def test_export_refuses_an_existing_folder_before_any_work(
     (tmp_path / "bundle" / "old.txt").write_text("x")
     with pytest.raises(CLIError, match="already exists"):
         export_bundle(tiny_checkpoints.pretrained, None, tiny_checkpoints.tokenizer_dir, tmp_path / "bundle")
+
+
+def test_manifest_writes_paths_under_home_as_tilde(tmp_path: Path, tiny_checkpoints, monkeypatch) -> None:
+    """A shipped bundle.json records where its checkpoints came from without the builder's home folder."""
+    home = tiny_checkpoints.pretrained.parent
+    monkeypatch.setenv("HOME", str(home))
+    out = tmp_path / "bundle"
+    checkpoints = (tiny_checkpoints.pretrained, tiny_checkpoints.classifier, tiny_checkpoints.tokenizer_dir)
+    export_bundle(*checkpoints, out)
+    sources = load_manifest(out)["sources"]
+    assert sources["pretrained"] == f"~/{tiny_checkpoints.pretrained.relative_to(home)}"
+    assert str(home) not in (out / "bundle.json").read_text(encoding="utf-8")

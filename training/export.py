@@ -224,6 +224,19 @@ def _log(message: str, quiet: bool) -> None:
         print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
+def home_as_tilde(value: Any) -> Any:
+    """The manifest with every path under the builder's home folder written as ~/...: a bundle is
+    shipped, and the provenance it records (checkpoints, evaluation files) needs no user name."""
+    if isinstance(value, dict):
+        return {key: home_as_tilde(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [home_as_tilde(item) for item in value]
+    home = str(Path.home()).rstrip("/") + "/"
+    if isinstance(value, str) and home != "/" and value.startswith(home):
+        return "~/" + value[len(home) :]
+    return value
+
+
 def export_bundle(
     pretrained: str | Path,
     classifier: str | Path | None,
@@ -310,7 +323,7 @@ def export_bundle(
             {"pretrained": str(pretrained), "classifier": str(classifier) if classifier else None},
         )
         (staging / MANIFEST).write_text(
-            json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            json.dumps(home_as_tilde(info), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
         # the graphs' outputs on fixed inputs, re-run at every load: a damaged or mismatched file fails
         # loudly instead of answering wrongly
