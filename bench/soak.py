@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from serve import free_port  # bench/serve.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only: nothing here may send traffic anywhere else
@@ -65,10 +65,6 @@ REVIEWS = {
 
 
 # --- the server -----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def rss_bytes(pid: int) -> int:

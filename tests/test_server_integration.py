@@ -20,14 +20,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = load_bench("serve").free_port  # a loopback port nothing listens on
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, limit_s: float) -> None:
