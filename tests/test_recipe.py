@@ -327,3 +327,15 @@ def test_a_failing_stage_releases_its_lock(tmp_path: Path) -> None:
         runner.run()
     assert not list(runner.stamps.glob("*.lock*"))
     assert not runner.stamp_path(runner.stages[0]).exists()
+
+
+def test_only_some_stages_does_not_claim_the_recipe_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ran: list[str] = []
+    runner = _runner_with_stages(tmp_path, ran)
+    runner.run(only=["first"])
+    out = capsys.readouterr().out
+    assert ran == ["first"] and "tiny-sentiment: first done" in out and "every stage done" not in out
+    runner.run()
+    assert ran == ["first", "second"] and "every stage done; bundle at" in capsys.readouterr().out

@@ -743,7 +743,10 @@ class Runner:
                         f"{stage.name}: its command returned before the stage was complete; not stamped"
                     )
                 self.mark_done(stage, time.perf_counter() - started)
-        print(f"\nrecipe {self.recipe['name']}: every stage done; bundle at {self.recipe['bundle']}")
+        if only:  # the other stages were not looked at: the bundle may not be made yet
+            print(f"\nrecipe {self.recipe['name']}: {', '.join(only)} done")
+        else:
+            print(f"\nrecipe {self.recipe['name']}: every stage done; bundle at {self.recipe['bundle']}")
 
     def stamped_since(self, stage: Stage, since: float) -> bool:
         """Done, by a stamp written after `since` (so by another process: this one has not run it)."""
