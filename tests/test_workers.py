@@ -96,7 +96,13 @@ def test_one_scrape_counts_the_requests_of_both_workers(tiny_bundle: Path, tmp_p
         while sent < 400 and not all(served_by_each_worker(metrics_dir).values()):
             list(pool.map(lambda _: classify(url), range(16)))
             sent += 16
+        # a worker counts a request once its answer is sent, so the client may see the answer a moment
+        # before its worker's file holds the count: wait (bounded) for the last ones
+        deadline = time.monotonic() + 10
         per_worker = served_by_each_worker(metrics_dir)
+        while sum(per_worker.values()) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+            per_worker = served_by_each_worker(metrics_dir)
         scraped = metric(get(f"{url}/metrics"), REQUESTS, **CLASSIFY)
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
     assert scraped == sent == sum(per_worker.values())
