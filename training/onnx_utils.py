@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto
 from onnx.external_data_helper import set_external_data
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 from torch import nn
 
@@ -153,19 +154,37 @@ def export_graph(
         )
 
 
-def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """onnxruntime's transformer optimizer for BERT; returns the counts of the fused operators."""
+def optimize(
+    path: Path, out: Path, num_heads: int, hidden_size: int, fuse_attention: bool = True
+) -> dict[str, int]:
+    """onnxruntime's transformer optimizer for BERT; returns the counts of the fused operators.
+    fuse_attention=False keeps attention as plain MatMul / Softmax ops (bench/int8_variants.py)."""
+    options = FusionOptions("bert")
+    options.enable_attention = fuse_attention
     # opt_level=0: only the Python fusions; onnxruntime applies its own graph optimizations at load time.
     model = optimize_model(
-        str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        str(path),
+        model_type="bert",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=0,
+        optimization_options=options,
     )
     model.save_model_to_file(str(out))
     stats = model.get_fused_operator_statistics()
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
 
 
-def quantize_int8(path: Path, out: Path) -> None:
-    """Dynamic INT8 quantization: int8 weights, activations quantized per batch at run time."""
+def quantize_int8(
+    path: Path,
+    out: Path,
+    weight_type: QuantType = QuantType.QInt8,
+    per_channel: bool = False,
+    op_types: list[str] | None = None,
+) -> None:
+    """Dynamic INT8 quantization: int8 weights, activations quantized per batch at run time.
+    The defaults are the export's; the others are the alternatives bench/int8_variants.py times
+    (uint8 weights, a scale per output channel, only some op types quantized)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a generic "consider pre-processing" warning
@@ -175,7 +194,9 @@ def quantize_int8(path: Path, out: Path) -> None:
         quantize_dynamic(
             str(path),
             str(out),
-            weight_type=QuantType.QInt8,
+            weight_type=weight_type,
+            per_channel=per_channel,
+            op_types_to_quantize=op_types,
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
     finally:
