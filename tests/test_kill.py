@@ -138,6 +138,8 @@ def finetune_args(tmp_path: Path, tokenizer_dir: Path, out: Path) -> list[str]:
         "1e-3",
         "--log-every",
         "1",
+        "--save-every",
+        "4",  # 10 steps an epoch: saves at steps 4 and 8 inside it, then at its end
         "--device",
         "cpu",
         "--threads",
@@ -158,7 +160,7 @@ def test_finetune_killed_anywhere_resumes_exactly(
 
     out = tmp_path / "killed"
     argv = finetune_args(tmp_path, tiny_tokenizer_dir, out)
-    # 1. in the middle of the second epoch-end checkpoint of seed 1
+    # 1. in the middle of seed 1's second checkpoint write (step 8, inside the first epoch)
     proc = start(argv)
     seen: set[Path] = set()
 
@@ -167,12 +169,13 @@ def test_finetune_killed_anywhere_resumes_exactly(
         return len(seen) >= 2
 
     kill_when(proc, second_checkpoint_write, "the second checkpoint.pt write")
-    # 2. rerun as it was (no --resume): it continues seed 1 after epoch 1; killed once seed 2 has started
+    # 2. rerun as it was (no --resume): it continues seed 1 from step 4, four batches into its first
+    # epoch; killed once seed 2 has started
     proc = start(argv)
     stdout = kill_when(
         proc, lambda: any(r.get("seed") == 2 for r in rows(out / "metrics.jsonl")), "seed 2 training"
     )
-    assert "seed 1 after epoch 1" in stdout
+    assert "seed 1 at step 4" in stdout
     # 3. to the end
     proc = start([*argv, "--resume"])
     stdout, stderr = proc.communicate(timeout=300)

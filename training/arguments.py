@@ -308,7 +308,7 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="continue the unfinished run in --out (checkpoint.pt: finished seeds, the seed in progress at "
-        "its last epoch); without it such a run is continued too when its settings are these",
+        "its last save); without it such a run is continued too when its settings are these",
     )
 
     opt = parser.add_argument_group("optimisation")
@@ -338,6 +338,13 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     opt.add_argument("--log-every", type=int, default=20, help="write a training metrics row every N steps")
+    opt.add_argument(
+        "--save-every",
+        type=int,
+        default=1000,
+        help="write checkpoint.pt every N steps within an epoch, besides each epoch's end, so that an "
+        "interrupted run loses at most N steps (default 1000)",
+    )
 
 
 def plot_arguments(parser: argparse.ArgumentParser) -> None:

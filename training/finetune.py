@@ -239,8 +239,10 @@ def train_seed(
 ) -> SeedResult:
     """Fine-tune one seed's classifier, keep its best dev checkpoint, and score that on the test set.
 
-    At the end of every epoch the seed's whole state (weights, optimiser, schedule, RNG, best so far)
-    goes to `save_state`; `resume` is such a state, from which the seed continues exactly.
+    At the end of every epoch, and every `--save-every` steps within one, the seed's whole state (weights,
+    optimiser, schedule, RNG, best so far, batches done in the epoch) goes to `save_state`; `resume` is
+    such a state, from which the seed continues exactly: an epoch's batch order comes from its own
+    generator, so the batches already done are skipped without drawing anything.
     """
     train, dev, test = data
     device = pick_device(args.device)
@@ -252,7 +254,7 @@ def train_seed(
     eval_at = {round(steps_per_epoch * (k + 1) / args.evals_per_epoch) for k in range(args.evals_per_epoch)}
 
     best_acc, best_step, best_state = -1.0, 0, None
-    step, first_epoch, seconds_before = 0, 0, 0.0
+    step, first_epoch, done_in_first_epoch, seconds_before = 0, 0, 0, 0.0
     window = Window()
     heap = HeapTrimmer()  # batches of every length: the heap fragments as in pretraining
     if resume is not None:
@@ -261,13 +263,36 @@ def train_seed(
         scheduler.load_state_dict(resume["scheduler"])
         best_acc, best_step, best_state = resume["best_acc"], resume["best_step"], resume["best_state"]
         step, first_epoch, seconds_before = resume["step"], resume["epoch"], resume["seconds"]
+        done_in_first_epoch = resume.get("batch", 0)  # older checkpoints: saved at epoch ends only
         vars(window).update(resume["window"])
         set_rng_state(resume["rng"])
     started = time.perf_counter() - seconds_before
+
+    def seed_state(epoch: int, batch: int) -> dict[str, Any]:
+        """What resumes this seed: `epoch` epochs finished and `batch` batches of the next one done."""
+        return {
+            "seed": seed,
+            "epoch": epoch,
+            "batch": batch,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "best_acc": best_acc,
+            "best_step": best_step,
+            "best_state": best_state,
+            "window": dict(vars(window)),
+            "seconds": time.perf_counter() - started,
+        }
+
     bar = progress_bar(total, initial=step, desc=f"seed {seed}")
     for epoch in range(first_epoch, args.epochs):
         batches = bucketed_batches(train.lengths, args.batch_size, derived_generator(seed, epoch))
+        skip = done_in_first_epoch if epoch == first_epoch else 0
         for b, indices in enumerate(batches, start=1):
+            if b <= skip:
+                continue  # done before the checkpoint this run resumed from
             step_started = time.perf_counter()
             model.train()
             batch = make_batch(train, indices, device)
@@ -312,22 +337,9 @@ def train_seed(
                 if dev_metrics["acc"] > best_acc:
                     best_acc, best_step = dev_metrics["acc"], step
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        save_state(
-            {
-                "seed": seed,
-                "epoch": epoch + 1,
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "best_acc": best_acc,
-                "best_step": best_step,
-                "best_state": best_state,
-                "window": dict(vars(window)),
-                "seconds": time.perf_counter() - started,
-            }
-        )
+            if step % args.save_every == 0 and b < len(batches):
+                save_state(seed_state(epoch, b))
+        save_state(seed_state(epoch + 1, 0))
     bar.close()
     model.load_state_dict(best_state)
     test_acc = evaluate(model, test, device)["acc"] if test is not None else None
@@ -410,7 +422,7 @@ def read_partial_run(path: Path, settings: dict[str, Any], resume: bool) -> dict
 def start_or_resume(
     state_path: Path, settings: dict[str, Any], resume: bool
 ) -> tuple[list[SeedResult], dict[str, Any] | None, MetricsLog]:
-    """The finished seeds and the seed in progress (its epoch-end state) of an unfinished run with these
+    """The finished seeds and the seed in progress (its last saved state) of an unfinished run with these
     settings, none for a new run; and the run's metrics log, without the rows the run will write again."""
     partial = read_partial_run(state_path, settings, resume)
     metrics = MetricsLog(state_path.parent)
@@ -422,7 +434,7 @@ def start_or_resume(
     done = {r.seed for r in results}
     print(
         f"resuming {state_path}: seeds done {sorted(done) or 'none'}"
-        + (f", seed {partial['seed']} after epoch {partial['epoch']}" if in_progress else "")
+        + (f", seed {partial['seed']} at step {partial['step']}" if in_progress else "")
     )
     metrics.keep(lambda row: row.get("seed") in done or _before(row, in_progress))
     return results, in_progress, metrics
@@ -482,7 +494,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
-    for name in ("epochs", "batch_size", "evals_per_epoch", "log_every"):
+    for name in ("epochs", "batch_size", "evals_per_epoch", "log_every", "save_every"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_length < 8:
