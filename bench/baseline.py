@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from training.tasks import TASK_FORMATS, read_task, split_dev
+from training.tasks import DEV_UNITS, TASK_FORMATS, read_task, split_dev
 
 C_GRID = (1.0, 3.0, 10.0)
 
@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dev", help="dev file that chooses C (or carve one with --dev-fraction)")
     parser.add_argument(
         "--dev-fraction", type=float, help="hold out this share of --train as dev (finetune's rows)"
+    )
+    parser.add_argument(
+        "--dev-unit",
+        choices=DEV_UNITS,
+        default="row",
+        help="what --dev-fraction draws, as for `pocketbert finetune`: rows (default) or whole sentences",
     )
     parser.add_argument("--test", required=True, help="test file, scored once with the chosen C")
     parser.add_argument("--text-column", default="text", help="text column for --task csv (default text)")
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     train = read_task(args.task, args.train, None, args.text_column, args.label_column)
     if args.dev_fraction is not None:
-        train, dev = split_dev(train, args.dev_fraction)
+        train, dev = split_dev(train, args.dev_fraction, unit=args.dev_unit)
     else:
         dev = read_task(args.task, args.dev, train.label_names, args.text_column, args.label_column)
     test = read_task(args.task, args.test, train.label_names, args.text_column, args.label_column)

@@ -345,3 +345,48 @@ def test_resume_refuses_a_run_whose_init_weights_changed(
     save_training_state(tmp_path / "ft" / "checkpoint.pt", state)
     assert main([*argv, "--resume"]) == 2
     assert "the weights in --init changed (sha256 " in capsys.readouterr().err
+
+
+def test_dev_split_of_whole_sentences_and_older_checkpoints_without_it(
+    tmp_path: Path, tiny_tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--dev-unit sentence carves whole sentences (their phrases leave training) and is recorded; a
+    checkpoint written before the option existed resumes as the row split it ran."""
+    from training.checkpointing import save_training_state
+    from training.cli import build_parser
+    from training.finetune import run_settings
+
+    rows = []
+    for text, label in sentiment_rows(40, 0):  # each sentence, and two of its phrases, as SST-2 lists them
+        words = text.split()
+        rows += [(text, label), (" ".join(words[:2]), label), (" ".join(words[-2:]), label)]
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    argv = [
+        "finetune",
+        "--task",
+        "sst2",
+        "--train",
+        str(train),
+        "--dev-fraction",
+        "0.25",
+        "--init",
+        "scratch",
+    ]
+    argv += ["--tokenizer", str(tiny_tokenizer_dir), "--seeds", "1", *FAST, "--epochs", "1"]
+    assert main([*argv, "--dev-unit", "sentence", "--out", str(tmp_path / "sentences")]) == 0
+    results = json.loads((tmp_path / "sentences" / "results.json").read_text())
+    assert results["hyperparameters"]["dev_unit"] == "sentence"
+    sentences = len({t for t, _ in rows[::3]})
+    assert results["examples"]["dev"] == round(sentences * 0.25)
+    assert results["examples"]["train"] < len(rows) - results["examples"]["dev"]  # their phrases left too
+
+    out = tmp_path / "older"
+    settings = run_settings(build_parser("finetune").parse_args([*argv, "--out", str(out)]))
+    del settings["dev_unit"]  # as written before --dev-unit existed
+    state = {"kind": "finetune", "settings": settings, "finished": [], "seed": None, "model": None}
+    save_training_state(out / "checkpoint.pt", state)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["hyperparameters"]["dev_unit"] == "row"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from training.errors import CLIError
-from training.tasks import read_nsmc, read_sst2, read_table, read_task
+from training.tasks import LabeledTexts, read_nsmc, read_sst2, read_table, read_task, split_dev
 
 
 def write(path: Path, text: str) -> Path:
@@ -116,3 +116,84 @@ def test_real_nsmc_and_sst2(shared_data: Path) -> None:
     assert test.labels.count(1) + test.labels.count(0) == len(test)
     dev = read_sst2(shared_data / "sst2" / "dev.tsv")
     assert len(dev) == 872 and set(dev.labels) == {0, 1}
+
+
+# --- carving a dev split ------------------------------------------------------------------------------
+_SENTENCES = [
+    ("a gorgeous , witty , seductive movie .", 1),
+    ("the plot is nothing but boilerplate clichés from start to finish .", 0),
+    ("it 's a charming and often affecting journey .", 1),
+    ("unflinchingly bleak and desperate", 0),
+    ("the acting , costumes , music , cinematography and sound are all astounding .", 1),
+    ("a sometimes tedious film .", 0),
+    ("this is a film well worth seeing , talking and singing heads and all .", 1),
+    ("it 's just incredibly dull .", 0),
+]
+
+
+def phrase_rows(sentences: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """SST-2's shape: each sentence, and some of its phrases (runs of its words) as rows of their own."""
+    rows = []
+    for text, label in sentences:
+        words = text.split()
+        rows.append((text + " ", label))  # GLUE's rows end with a space
+        rows += [(" ".join(words[i : i + 3]), label) for i in range(0, len(words) - 3, 2)]
+        rows.append((words[-2], label))
+    return rows
+
+
+def as_labeled(rows: list[tuple[str, int]]) -> LabeledTexts:
+    return LabeledTexts([t for t, _ in rows], [y for _, y in rows], ["negative", "positive"], "train.tsv")
+
+
+def contains(sentence: str, phrase: str) -> bool:
+    words, part = sentence.split(), phrase.split()
+    return any(words[i : i + len(part)] == part for i in range(len(words) - len(part) + 1))
+
+
+def test_sentence_dev_split_holds_whole_sentences_whose_phrases_left_training() -> None:
+    data = as_labeled(phrase_rows(_SENTENCES))
+    train, dev = split_dev(data, 0.25, seed=3, unit="sentence")
+    assert len(dev) == 2  # a quarter of the 8 sentences
+    assert {t.strip() for t in dev.texts} <= {s for s, _ in _SENTENCES}
+    assert dev.labels == [dict(_SENTENCES)[t.strip()] for t in dev.texts]
+    for text in train.texts:  # nothing of a dev sentence is left to memorise
+        assert not any(contains(d, text) for d in dev.texts), text
+    # and the training sentences keep every phrase of theirs
+    kept = [s for s, _ in _SENTENCES if s not in {d.strip() for d in dev.texts}]
+    expected = [t for t, _ in phrase_rows(_SENTENCES) if any(contains(s, t) for s in kept)]
+    expected = [t for t in expected if not any(contains(d, t) for d in dev.texts)]
+    assert train.texts == expected
+    assert "whole sentences" in dev.path
+    # the same file, fraction and seed: the same split; another seed: another
+    assert split_dev(data, 0.25, seed=3, unit="sentence")[1].texts == dev.texts
+    assert {t for s in range(10) for t in split_dev(data, 0.25, seed=s, unit="sentence")[1].texts} != set(
+        dev.texts
+    )
+
+
+def test_a_row_split_of_phrase_rows_leaks_and_of_plain_sentences_equals_the_sentence_split() -> None:
+    phrases = as_labeled(phrase_rows(_SENTENCES))
+    train, dev = split_dev(phrases, 0.25, seed=3)
+    assert any(contains(t, d) or contains(d, t) for d in dev.texts for t in train.texts)  # the leak
+    plain = as_labeled(_SENTENCES)  # no row contains another: every row is a sentence
+    by_sentence, by_row = split_dev(plain, 0.25, seed=3, unit="sentence"), split_dev(plain, 0.25, seed=3)
+    assert [part.texts for part in by_sentence] == [part.texts for part in by_row]
+
+
+def test_dev_split_errors() -> None:
+    data = as_labeled([("one sentence .", 1), ("one sentence", 1), ("sentence", 0)])
+    with pytest.raises(CLIError, match="1 whole sentences are too few"):
+        split_dev(data, 0.5, unit="sentence")
+    with pytest.raises(CLIError, match="dev unit must be one of row, sentence"):
+        split_dev(data, 0.5, unit="word")
+
+
+def test_real_sst2_sentence_dev_split(shared_data: Path) -> None:
+    data = read_sst2(shared_data / "sst2" / "train.tsv")
+    train, dev = split_dev(data, 0.1, unit="sentence")
+    assert 600 < len(dev) < 800  # a tenth of its ~6,900 sentences
+    assert 55_000 < len(train) < len(data) - len(dev)  # their phrases left training too
+    assert (
+        17 < sum(len(t.split()) for t in dev.texts) / len(dev) < 22
+    )  # sentences, as SST-2's dev (19.5 words)

@@ -9,7 +9,7 @@ import argparse
 import os
 
 from training.corpus import DEFAULT_TEXT_COLUMNS, INPUT_FORMATS
-from training.tasks import TASK_FORMATS
+from training.tasks import DEV_UNITS, TASK_FORMATS
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -270,6 +270,14 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="instead of --dev: hold out this random share of --train as the dev set "
         "(reproducible: the same rows for every seed and run)",
+    )
+    data.add_argument(
+        "--dev-unit",
+        choices=DEV_UNITS,
+        default="row",
+        help="what --dev-fraction draws: rows (default), or whole sentences, for files such as SST-2's "
+        "that also list every phrase of each sentence as a row: a dev sentence takes its phrases out of "
+        "training, so dev holds only unseen text",
     )
     data.add_argument("--test", help="test file, scored once with each seed's best checkpoint")
     data.add_argument(

@@ -51,7 +51,10 @@ HYPERPARAMETERS = (
     "clip",
     "dropout",
     "dev_fraction",
+    "dev_unit",
 )
+# What a checkpoint written before a setting existed ran with (resumed as if it had said so).
+SETTING_DEFAULTS = {"dev_unit": "row"}
 BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few enough to stay shuffled
 
 
@@ -404,7 +407,7 @@ def read_partial_run(path: Path, settings: dict[str, Any], resume: bool) -> dict
         raise CLIError(f"{path}: not a fine-tuning checkpoint (a pretraining run's?); choose another --out")
     saved = state["settings"]
     compared = [*RUN_SETTINGS, *(["init_sha256"] if "init_sha256" in saved else [])]  # older: no hash
-    differing = [name for name in compared if saved.get(name) != settings[name]]
+    differing = [name for name in compared if saved.get(name, SETTING_DEFAULTS.get(name)) != settings[name]]
     if not differing:
         return state
     changes = ", ".join(
@@ -508,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
     train_data = read_task(args.task, args.train, None, args.text_column, args.label_column)
     if args.dev_fraction is not None:
-        train_data, dev_data = split_dev(train_data, args.dev_fraction)
+        train_data, dev_data = split_dev(train_data, args.dev_fraction, unit=args.dev_unit)
     else:
         dev_data = read_task(args.task, args.dev, train_data.label_names, args.text_column, args.label_column)
     test_data = (

@@ -351,6 +351,7 @@ class Runner:
                         task=task["name"],
                         train=task["train"],
                         dev_fraction=task["dev_fraction"],
+                        dev_unit=task.get("dev_unit"),
                         test=task["test"],
                         out=baseline_json,
                     ),
@@ -511,6 +512,7 @@ class Runner:
                         task=task["name"],
                         train=task["train"],
                         dev_fraction=task["dev_fraction"],
+                        dev_unit=task.get("dev_unit"),
                         limit_train=probe["limit_train"],
                         init=weights,
                         tokenizer=self.tokenizer_dir,
@@ -582,7 +584,9 @@ class Runner:
                 ),
                 estimate_s=estimate * len(seeds),
                 after=[source],
-                adopt=lambda: finetune_matches(out / "results.json", ft, seeds, ft["lr"], init),
+                adopt=lambda: finetune_matches(
+                    out / "results.json", ft, seeds, ft["lr"], init, task.get("dev_unit", "row")
+                ),
             )
         )
         scratch_config = self.path("scratch-config.json")
@@ -617,7 +621,12 @@ class Runner:
                 estimate_s=estimate * len(scratch_seeds),
                 after=["tokenizer"],
                 adopt=lambda: finetune_matches(
-                    scratch / "results.json", ft, scratch_seeds, scratch_lr, "scratch"
+                    scratch / "results.json",
+                    ft,
+                    scratch_seeds,
+                    scratch_lr,
+                    "scratch",
+                    task.get("dev_unit", "row"),
                 ),
             )
         )
@@ -629,6 +638,7 @@ class Runner:
             task=task["name"],
             train=task["train"],
             dev_fraction=task["dev_fraction"],
+            dev_unit=task.get("dev_unit"),
             test=task["test"],
             epochs=ft["epochs"],
             lr=lr,
@@ -922,19 +932,25 @@ def write_study_table(study: dict[str, Any], folder: Path, out: Path) -> None:
 
 
 def finetune_matches(
-    results_path: Path, ft: dict[str, Any], seeds: list[int], lr: float, init: str | Path
+    results_path: Path,
+    ft: dict[str, Any],
+    seeds: list[int],
+    lr: float,
+    init: str | Path,
+    dev_unit: str = "row",
 ) -> bool:
     """Did this results.json come from these seeds, this init and these settings?"""
     if not results_path.is_file():
         return False
     results = json.loads(results_path.read_text(encoding="utf-8"))
-    hp = results.get("hyperparameters", {})
+    hp = {"dev_unit": "row", **results.get("hyperparameters", {})}  # older runs: rows, unrecorded
     wanted = {
         "epochs": ft["epochs"],
         "lr": lr,
         "batch_size": ft.get("batch_size", 32),
         "max_length": ft["max_length"],
         "dropout": ft.get("dropout", 0.1),
+        "dev_unit": dev_unit,
     }
     return (
         [row["seed"] for row in results.get("seeds", [])] == list(seeds)
@@ -1030,7 +1046,7 @@ def task_texts(task: dict[str, Any], dev_fraction: float | None) -> list[str]:
         task["name"], task["train"], None, task.get("text_column", "text"), task.get("label_column", "label")
     )
     if dev_fraction is not None:
-        data, _ = split_dev(data, dev_fraction)
+        data, _ = split_dev(data, dev_fraction, unit=task.get("dev_unit", "row"))
     return [t.replace("\n", " ") + "\n" for t in data.texts]
 
 

@@ -39,30 +39,85 @@ class LabeledTexts:
         return max(counts) / len(self.labels)
 
 
-def split_dev(data: LabeledTexts, fraction: float, seed: int = 0) -> tuple[LabeledTexts, LabeledTexts]:
-    """Carve a dev split from training data: a reproducible random `fraction` of the rows.
+DEV_UNITS = ("row", "sentence")  # --dev-unit: what a carved dev split samples
 
-    The same file, fraction and seed always give the same split, so every run of a study (and the
+
+def split_dev(
+    data: LabeledTexts, fraction: float, seed: int = 0, unit: str = "row"
+) -> tuple[LabeledTexts, LabeledTexts]:
+    """Carve a dev split from training data: a reproducible random `fraction` of the rows, or with
+    unit="sentence" of the whole sentences (see `sentence_dev_rows`).
+
+    The same file, fraction, seed and unit always give the same split, so every run of a study (and the
     in-domain pretraining text, which must leave the dev rows out) agrees on which rows are dev.
     """
     if not 0 < fraction < 1:
         raise CLIError(f"the dev fraction must be between 0 and 1, got {fraction}")
-    n_dev = max(1, round(len(data) * fraction))
-    if n_dev >= len(data):
-        raise CLIError(f"{data.path}: {len(data)} examples are too few to carve a dev split of {fraction}")
-    dev_rows = set(random.Random(seed).sample(range(len(data)), n_dev))
+    if unit not in DEV_UNITS:
+        raise CLIError(f"the dev unit must be one of {', '.join(DEV_UNITS)}, got {unit!r}")
+    if unit == "sentence":
+        dev_rows, left_out = sentence_dev_rows(data, fraction, seed)
+    else:
+        n_dev = max(1, round(len(data) * fraction))
+        if n_dev >= len(data):
+            raise CLIError(
+                f"{data.path}: {len(data)} examples are too few to carve a dev split of {fraction}"
+            )
+        dev_rows, left_out = set(random.Random(seed).sample(range(len(data)), n_dev)), set()
+    unit_note = ", whole sentences" if unit == "sentence" else ""
 
-    def pick(keep_dev: bool) -> LabeledTexts:
-        rows = [i for i in range(len(data)) if (i in dev_rows) == keep_dev]
+    def pick(rows: list[int], part: str, skipped: int) -> LabeledTexts:
         return LabeledTexts(
             [data.texts[i] for i in rows],
             [data.labels[i] for i in rows],
             data.label_names,
-            f"{data.path} ({'dev' if keep_dev else 'train'} part, fraction {fraction}, seed {seed})",
-            0 if keep_dev else data.skipped,
+            f"{data.path} ({part} part{unit_note}, fraction {fraction}, seed {seed})",
+            skipped,
         )
 
-    return pick(False), pick(True)
+    train_rows = [i for i in range(len(data)) if i not in dev_rows and i not in left_out]
+    return pick(train_rows, "train", data.skipped), pick(sorted(dev_rows), "dev", 0)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def _spans(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Every contiguous run of words, the whole included."""
+    for start in range(len(words)):
+        for end in range(start + 1, len(words) + 1):
+            yield words[start:end]
+
+
+def sentence_dev_rows(data: LabeledTexts, fraction: float, seed: int) -> tuple[set[int], set[int]]:
+    """(dev rows, training rows to leave out) for a dev split of whole sentences.
+
+    Why: SST-2's training file holds every phrase of its sentences (the constituents of their parse
+    trees, each labelled) as rows of its own. A random row in dev has its sentence and sibling phrases
+    in train, so a carved dev of rows measures memory more than generalisation (TF-IDF scores 92.7 on
+    one, against 82.5 on SST-2's real dev of unseen sentences). Here a sentence is a row that no other
+    row contains (as a run of whole words); `fraction` of them, drawn with `seed`, are dev, and every row
+    contained in a dev sentence (its phrases, and the dev sentences' duplicates) leaves train. For a
+    file of plain sentences, where no row contains another, this is the row split with that fraction.
+    """
+    words = [_words(t) for t in data.texts]
+    present = set(words)
+    inside_another = {span for w in present for span in _spans(w) if span != w and span in present}
+    first_row: dict[tuple[str, ...], int] = {}
+    for i, w in enumerate(words):
+        if w and w not in inside_another:
+            first_row.setdefault(w, i)
+    sentences = sorted(first_row.values())
+    n_dev = max(1, round(len(sentences) * fraction))
+    if n_dev >= len(sentences):
+        raise CLIError(
+            f"{data.path}: {len(sentences)} whole sentences are too few to carve a dev split of {fraction}"
+        )
+    dev_rows = set(random.Random(seed).sample(sentences, n_dev))
+    covered = {span for i in dev_rows for span in _spans(words[i])}
+    left_out = {i for i, w in enumerate(words) if w in covered and i not in dev_rows}
+    return dev_rows, left_out
 
 
 def _numbered_rows(path: str | Path, expected_header: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
