@@ -339,3 +339,26 @@ def test_only_some_stages_does_not_claim_the_recipe_done(
     assert ran == ["first"] and "tiny-sentiment: first done" in out and "every stage done" not in out
     runner.run()
     assert ran == ["first", "second"] and "every stage done; bundle at" in capsys.readouterr().out
+
+
+def test_a_new_dev_split_reruns_fine_tuning_but_not_pretraining_on_indomain_files(tmp_path: Path) -> None:
+    """With [indomain] files (IMDB for the English model) nothing before fine-tuning reads the task: a
+    dev split of whole sentences re-runs fine-tuning, the ablation, the baseline and what follows only.
+    Without them the in-domain text is the task's training rows minus dev: it follows the split."""
+    write_data(tmp_path)
+    (tmp_path / "reviews.txt").write_text("a film.\n", encoding="utf-8")
+
+    def fingerprints(indomain_files: bool, task_extra: str) -> dict[str, str]:
+        text = write_recipe(tmp_path).read_text(encoding="utf-8")
+        text = text.replace("dev_fraction = 0.2\n", f"dev_fraction = 0.2\n{task_extra}")
+        if indomain_files:
+            text = text.replace("[indomain]\n", f'[indomain]\nfiles = ["{tmp_path / "reviews.txt"}"]\n')
+        (tmp_path / "variant.toml").write_text(text, encoding="utf-8")
+        recipe = load_recipe(tmp_path / "variant.toml")
+        return {s.name: s.fingerprint for s in Runner(recipe, tmp_path / "work", 1).stages}
+
+    rows, sentences = fingerprints(True, ""), fingerprints(True, 'dev_unit = "sentence"\n')
+    unchanged = {"indomain-text", "tokenizer", "prepare", "prepare-indomain", "pretrain", "adapt"}
+    assert {name for name in rows if rows[name] != sentences[name]} == set(rows) - unchanged
+    rows, sentences = fingerprints(False, ""), fingerprints(False, 'dev_unit = "sentence"\n')
+    assert rows["indomain-text"] != sentences["indomain-text"] and rows["prepare"] == sentences["prepare"]

@@ -258,10 +258,13 @@ class Runner:
         #    the task's training texts minus the dev rows fine-tuning scores on
         indomain_files = [str(Path(f).expanduser()) for f in indomain.get("files", [])]
         sources = [file_identity(f) for f in indomain_files] or [file_identity(task["train"])]
+        # from [indomain] files the text owes nothing to the task: a new dev split or test file must not
+        # re-run the tokenizer and pretraining that read it
+        reads_task = {} if indomain_files else {"task": task}
         self.add(
             Stage(
                 "indomain-text",
-                {"task": task, "indomain": indomain, "sources": sources},
+                {**reads_task, "indomain": indomain, "sources": sources},
                 [indomain_text],
                 lambda: print(
                     f"wrote {write_text_lines(indomain_text, indomain_texts(task, indomain))} texts "
