@@ -160,3 +160,24 @@ def test_readme_shows_what_the_shipped_models_answer() -> None:
             response = client.post(path, json=body)
             assert response.status_code == 200, response.text
             assert_close(shown, response.json(), f"{path} {body}")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_readme_tables_show_the_cards_figures(name: str) -> None:
+    """The README's table for each shipped model holds its card's figures: mean ± std over seeds, the
+    scratch ablation, the TF-IDF line (a re-trained model cannot leave an old figure behind)."""
+    card = json.loads((shipped(name) / "card.json").read_text(encoding="utf-8"))
+    readme = (BUNDLES.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split(f"**`bundles/{name}`**", 1)[1].split("\n\n", 2)[1]
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.2f}"
+
+    ft, scratch = card["finetune"], card["scratch"]
+    assert (
+        f"({ft['runs']} seeds, mean ± std) | **{pct(ft['test_acc_mean'])} ± {pct(ft['test_acc_std'])}**"
+        in table
+    )
+    runs = f"{scratch['runs']} seed{'s' if scratch['runs'] > 1 else ''}"
+    assert f"| {pct(scratch['test_acc_mean'])} ± {pct(scratch['test_acc_std'])} ({runs}) |" in table
+    assert f"(`bench/baseline.py`) | {pct(card['baseline']['test_acc'])} |" in table
