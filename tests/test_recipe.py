@@ -362,3 +362,29 @@ def test_a_new_dev_split_reruns_fine_tuning_but_not_pretraining_on_indomain_file
     assert {name for name in rows if rows[name] != sentences[name]} == set(rows) - unchanged
     rows, sentences = fingerprints(False, ""), fingerprints(False, 'dev_unit = "sentence"\n')
     assert rows["indomain-text"] != sentences["indomain-text"] and rows["prepare"] == sentences["prepare"]
+
+
+def test_the_study_start_is_recovered_from_the_head_start(tmp_path: Path, tiny_pretrain_run: Path) -> None:
+    """A run that adopted its head start and moved on without keeping step-N.pt: the study's arms start
+    from the head start's weights (it stopped at step N); any other step is a one-line error."""
+    import shutil
+
+    import torch
+
+    from model.checkpoint import read_weights
+    from training.checkpointing import load_training_state
+    from training.errors import CLIError
+    from training.recipe import recover_phase_snapshot
+
+    head = tmp_path / "head"
+    head.mkdir()
+    shutil.copy(tiny_pretrain_run / "checkpoint.pt", head / "checkpoint.pt")
+    step = load_training_state(head / "checkpoint.pt")["step"]
+    run = tmp_path / "run"
+    run.mkdir()
+    recover_phase_snapshot(run, step, str(head))
+    recovered, original = read_weights(run / f"step-{step}.pt"), read_weights(head / "checkpoint.pt")
+    assert recovered.metadata["step"] == step
+    assert all(torch.equal(recovered.state[k], original.state[k]) for k in original.state)
+    with pytest.raises(CLIError, match=f"step-{step + 1}.pt: the study starts from .* at step {step + 1}"):
+        recover_phase_snapshot(run, step + 1, str(head))

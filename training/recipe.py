@@ -531,6 +531,7 @@ class Runner:
                 )
 
         def run_study() -> None:
+            recover_phase_snapshot(init.parent, st["init_step"], self.recipe["pretrain"].get("head_start"))
             run_probe(st.get("init_name", "start"), init)
             for arm in st["arm"]:
                 steps = arm.get("steps", st["steps"])
@@ -551,16 +552,21 @@ class Runner:
                 run_probe(f"{st.get('init_name', 'start')}-lr{lr}", init, lr=lr)
             write_study_table(st, folder, self.path("study.json"))
 
-        arm_steps = sum(arm.get("steps", st["steps"]) for arm in st["arm"])
+        # what is left of it: the arms' remaining steps and the probes without results
+        arm_steps = sum(
+            max(0, arm.get("steps", st["steps"]) - checkpoint_step(folder / arm["name"])) for arm in st["arm"]
+        )
         tokens = arm_steps * st["batch_size"] * st.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
+        probes = [st.get("init_name", "start"), *(arm["name"] for arm in st["arm"]), "scratch"]
+        probes += [f"{st.get('init_name', 'start')}-lr{lr}" for lr in st.get("lr_probes", [])]
+        probes_left = sum(not (folder / f"probe-{name}" / "results.json").is_file() for name in probes)
         self.add(
             Stage(
                 "study",
                 {"settings": st},
                 [self.path("study.json")],
                 run_study,
-                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
-                + 600 * (len(st["arm"]) + 2),
+                estimate_s=tokens / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads) + 600 * probes_left,
                 after=["pretrain", "prepare-indomain"],
             )
         )
@@ -876,6 +882,28 @@ def keep_phase_snapshot(run_dir: Path, step: int) -> None:
 
         model, metadata = load_model(run_dir / "checkpoint.pt")
         save_model(snapshot, model, metadata)
+
+
+def recover_phase_snapshot(run_dir: Path, step: int, head_start: str | None) -> None:
+    """Make run_dir/step-STEP.pt from the head start when the run has moved past that step without one
+    (a run that adopted its head start before snapshots were kept): the head start stopped at the step
+    whose weights the study's arms start from. Anything else is an error naming what is missing."""
+    snapshot = run_dir / f"step-{step}.pt"
+    keep_phase_snapshot(run_dir, step)  # the run itself is at that step
+    source = Path(head_start).expanduser() / "checkpoint.pt" if head_start else None
+    if not snapshot.is_file() and source is not None and source.is_file():
+        from model.checkpoint import load_model, save_model
+        from training.checkpointing import load_training_state
+
+        if load_training_state(source).get("step") == step:
+            model, metadata = load_model(source)
+            save_model(snapshot, model, {**metadata, "step": step})
+            print(f"recovered {snapshot} from the head start {source}")
+    if not snapshot.is_file():
+        raise CLIError(
+            f"{snapshot}: the study starts from the pretraining run's weights at step {step}, and neither "
+            f"the run (now at step {checkpoint_step(run_dir)}) nor a head start at that step holds them"
+        )
 
 
 def write_study_table(study: dict[str, Any], folder: Path, out: Path) -> None:
