@@ -151,6 +151,13 @@ def gemm_rates(config: BertConfig, threads: int, work: Path, rounds: int, second
     return {name: round(calls * 2 * rows * h * i / 1e9, 1) for name, calls in per_call.items()}
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads, --rounds, --seconds: how `measure` times, shared by the benches that use it."""
+    parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime alike")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--seconds", type=float, default=0.4, help="minimum seconds per backend per round")
+
+
 def measure(
     fns: dict[Any, Callable[[], object]], batch_size: int, rounds: int, min_seconds: float
 ) -> dict[Any, float]:
@@ -232,9 +239,7 @@ def main() -> int:
     parser.add_argument("--eval-dev", help="labelled dev set for the INT8 accuracy check")
     parser.add_argument("--eval-task", choices=["nsmc", "sst2", "csv"], help="format of --eval-dev")
     parser.add_argument("--eval-limit", type=int, default=500, help="held-out sentences / dev rows to use")
-    parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime alike")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
-    parser.add_argument("--seconds", type=float, default=0.4, help="minimum seconds per backend per round")
+    add_timing_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

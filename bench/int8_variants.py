@@ -38,7 +38,7 @@ from onnxruntime.quantization import QuantType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import measure  # bench/engine.py, beside this script
+from engine import add_timing_arguments, measure  # bench/engine.py, beside this script
 
 from model.bert import BertForPreTraining, BertForSequenceClassification
 from model.config import BertConfig
@@ -99,9 +99,7 @@ def feeds_for(batch_size: int, vocab_size: int, input_names: list[str]) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime alike")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
-    parser.add_argument("--seconds", type=float, default=0.4, help="minimum seconds per graph per round")
+    add_timing_arguments(parser)
     parser.add_argument("--vocab-size", type=int, default=8000, help="vocabulary of the random model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
