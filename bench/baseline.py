@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from training.tasks import DEV_UNITS, TASK_FORMATS, read_task, split_dev
+from training.tasks import DEFAULT_DEV_UNIT, DEV_UNITS, TASK_FORMATS, read_task, split_dev
 
 C_GRID = (1.0, 3.0, 10.0)
 
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dev-unit",
         choices=DEV_UNITS,
-        default="row",
+        default=DEFAULT_DEV_UNIT,
         help="what --dev-fraction draws, as for `pocketbert finetune`: rows (default) or whole sentences",
     )
     parser.add_argument("--test", required=True, help="test file, scored once with the chosen C")

@@ -9,7 +9,7 @@ import argparse
 import os
 
 from training.corpus import DEFAULT_TEXT_COLUMNS, INPUT_FORMATS
-from training.tasks import DEV_UNITS, TASK_FORMATS
+from training.tasks import DEFAULT_DEV_UNIT, DEV_UNITS, TASK_FORMATS
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -274,7 +274,7 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--dev-unit",
         choices=DEV_UNITS,
-        default="row",
+        default=DEFAULT_DEV_UNIT,
         help="what --dev-fraction draws: rows (default), or whole sentences, for files such as SST-2's "
         "that also list every phrase of each sentence as a row: a dev sentence takes its phrases out of "
         "training, so dev holds only unseen text",

@@ -37,7 +37,7 @@ from training.metrics_log import MetricsLog
 from training.optim import build_optimizer, build_scheduler
 from training.plot import plot_run
 from training.runtime import derived_generator, pick_device, rng_state, set_rng_state
-from training.tasks import LabeledTexts, read_task, split_dev
+from training.tasks import DEFAULT_DEV_UNIT, LabeledTexts, read_task, split_dev
 
 EVAL_BATCH_SIZE = 128
 # The options results.json records as the run's recipe (and that a checkpoint must share to be resumed).
@@ -54,7 +54,7 @@ HYPERPARAMETERS = (
     "dev_unit",
 )
 # What a checkpoint written before a setting existed ran with (resumed as if it had said so).
-SETTING_DEFAULTS = {"dev_unit": "row"}
+SETTING_DEFAULTS = {"dev_unit": DEFAULT_DEV_UNIT}
 BUCKET_BATCHES = 50  # batches per length bucket: enough to sort by length, few enough to stay shuffled
 
 

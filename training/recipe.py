@@ -593,9 +593,7 @@ class Runner:
                 ),
                 estimate_s=estimate * len(seeds),
                 after=[source],
-                adopt=lambda: finetune_matches(
-                    out / "results.json", ft, seeds, ft["lr"], init, task.get("dev_unit", "row")
-                ),
+                adopt=lambda: finetune_matches(out / "results.json", ft, seeds, ft["lr"], init, task),
             )
         )
         scratch_config = self.path("scratch-config.json")
@@ -630,12 +628,7 @@ class Runner:
                 estimate_s=estimate * len(scratch_seeds),
                 after=["tokenizer"],
                 adopt=lambda: finetune_matches(
-                    scratch / "results.json",
-                    ft,
-                    scratch_seeds,
-                    scratch_lr,
-                    "scratch",
-                    task.get("dev_unit", "row"),
+                    scratch / "results.json", ft, scratch_seeds, scratch_lr, "scratch", task
                 ),
             )
         )
@@ -968,20 +961,23 @@ def finetune_matches(
     seeds: list[int],
     lr: float,
     init: str | Path,
-    dev_unit: str = "row",
+    task: dict[str, Any],
 ) -> bool:
     """Did this results.json come from these seeds, this init and these settings?"""
+    from training.finetune import SETTING_DEFAULTS
+    from training.tasks import DEFAULT_DEV_UNIT
+
     if not results_path.is_file():
         return False
     results = json.loads(results_path.read_text(encoding="utf-8"))
-    hp = {"dev_unit": "row", **results.get("hyperparameters", {})}  # older runs: rows, unrecorded
+    hp = {**SETTING_DEFAULTS, **results.get("hyperparameters", {})}  # older runs did not record some
     wanted = {
         "epochs": ft["epochs"],
         "lr": lr,
         "batch_size": ft.get("batch_size", 32),
         "max_length": ft["max_length"],
         "dropout": ft.get("dropout", 0.1),
-        "dev_unit": dev_unit,
+        "dev_unit": task.get("dev_unit", DEFAULT_DEV_UNIT),
     }
     return (
         [row["seed"] for row in results.get("seeds", [])] == list(seeds)
@@ -1071,13 +1067,13 @@ def adopt_head_start(head_start: str | None, out: Path, tokenizer: Path) -> None
 
 def task_texts(task: dict[str, Any], dev_fraction: float | None) -> list[str]:
     """The texts of the task's training file, one line each; with dev_fraction, the dev rows left out."""
-    from training.tasks import read_task, split_dev
+    from training.tasks import DEFAULT_DEV_UNIT, read_task, split_dev
 
     data = read_task(
         task["name"], task["train"], None, task.get("text_column", "text"), task.get("label_column", "label")
     )
     if dev_fraction is not None:
-        data, _ = split_dev(data, dev_fraction, unit=task.get("dev_unit", "row"))
+        data, _ = split_dev(data, dev_fraction, unit=task.get("dev_unit", DEFAULT_DEV_UNIT))
     return [t.replace("\n", " ") + "\n" for t in data.texts]
 
 

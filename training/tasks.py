@@ -40,13 +40,14 @@ class LabeledTexts:
 
 
 DEV_UNITS = ("row", "sentence")  # --dev-unit: what a carved dev split samples
+DEFAULT_DEV_UNIT = "row"  # also what runs made before --dev-unit existed used
 
 
 def split_dev(
-    data: LabeledTexts, fraction: float, seed: int = 0, unit: str = "row"
+    data: LabeledTexts, fraction: float, seed: int = 0, unit: str = DEFAULT_DEV_UNIT
 ) -> tuple[LabeledTexts, LabeledTexts]:
     """Carve a dev split from training data: a reproducible random `fraction` of the rows, or with
-    unit="sentence" of the whole sentences (see `sentence_dev_rows`).
+    unit="sentence" of the whole sentences (see `whole_sentences`), whose phrases then leave training.
 
     The same file, fraction, seed and unit always give the same split, so every run of a study (and the
     in-domain pretraining text, which must leave the dev rows out) agrees on which rows are dev.
@@ -55,15 +56,16 @@ def split_dev(
         raise CLIError(f"the dev fraction must be between 0 and 1, got {fraction}")
     if unit not in DEV_UNITS:
         raise CLIError(f"the dev unit must be one of {', '.join(DEV_UNITS)}, got {unit!r}")
-    if unit == "sentence":
-        dev_rows, left_out = sentence_dev_rows(data, fraction, seed)
-    else:
-        n_dev = max(1, round(len(data) * fraction))
-        if n_dev >= len(data):
-            raise CLIError(
-                f"{data.path}: {len(data)} examples are too few to carve a dev split of {fraction}"
-            )
-        dev_rows, left_out = set(random.Random(seed).sample(range(len(data)), n_dev)), set()
+    words = [_words(t) for t in data.texts] if unit == "sentence" else []
+    candidates = whole_sentences(words) if unit == "sentence" else list(range(len(data)))
+    noun = "whole sentences" if unit == "sentence" else "examples"
+    n_dev = max(1, round(len(candidates) * fraction))
+    if n_dev >= len(candidates):
+        raise CLIError(
+            f"{data.path}: {len(candidates)} {noun} are too few to carve a dev split of {fraction}"
+        )
+    dev_rows = set(random.Random(seed).sample(candidates, n_dev))
+    left_out = rows_inside(words, dev_rows) if unit == "sentence" else set()
     unit_note = ", whole sentences" if unit == "sentence" else ""
 
     def pick(rows: list[int], part: str, skipped: int) -> LabeledTexts:
@@ -90,34 +92,29 @@ def _spans(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
             yield words[start:end]
 
 
-def sentence_dev_rows(data: LabeledTexts, fraction: float, seed: int) -> tuple[set[int], set[int]]:
-    """(dev rows, training rows to leave out) for a dev split of whole sentences.
+def whole_sentences(words: list[tuple[str, ...]]) -> list[int]:
+    """The rows (first of each distinct text) that no other row contains as a run of whole words.
 
     Why: SST-2's training file holds every phrase of its sentences (the constituents of their parse
     trees, each labelled) as rows of its own. A random row in dev has its sentence and sibling phrases
     in train, so a carved dev of rows measures memory more than generalisation (TF-IDF scores 92.7 on
-    one, against 82.5 on SST-2's real dev of unseen sentences). Here a sentence is a row that no other
-    row contains (as a run of whole words); `fraction` of them, drawn with `seed`, are dev, and every row
-    contained in a dev sentence (its phrases, and the dev sentences' duplicates) leaves train. For a
-    file of plain sentences, where no row contains another, this is the row split with that fraction.
+    one, against 82.5 on SST-2's real dev of unseen sentences). A dev split of these sentences, with
+    `rows_inside` them left out of training, holds only unseen text. In a file of distinct plain
+    sentences, where no row contains another, every row is one, and the split is the row split.
     """
-    words = [_words(t) for t in data.texts]
     present = set(words)
     inside_another = {span for w in present for span in _spans(w) if span != w and span in present}
     first_row: dict[tuple[str, ...], int] = {}
     for i, w in enumerate(words):
         if w and w not in inside_another:
             first_row.setdefault(w, i)
-    sentences = sorted(first_row.values())
-    n_dev = max(1, round(len(sentences) * fraction))
-    if n_dev >= len(sentences):
-        raise CLIError(
-            f"{data.path}: {len(sentences)} whole sentences are too few to carve a dev split of {fraction}"
-        )
-    dev_rows = set(random.Random(seed).sample(sentences, n_dev))
-    covered = {span for i in dev_rows for span in _spans(words[i])}
-    left_out = {i for i, w in enumerate(words) if w in covered and i not in dev_rows}
-    return dev_rows, left_out
+    return sorted(first_row.values())
+
+
+def rows_inside(words: list[tuple[str, ...]], sentences: set[int]) -> set[int]:
+    """The other rows contained in these sentences: their phrases, and the sentences' duplicates."""
+    covered = {span for i in sentences for span in _spans(words[i])}
+    return {i for i, w in enumerate(words) if w in covered and i not in sentences}
 
 
 def _numbered_rows(path: str | Path, expected_header: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
