@@ -94,7 +94,10 @@ class TaskUnavailableError(Exception):
 
 def find_bundles(folders: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """Bundle folders under the configured folders (a bundle itself, or its subfolders that are), and a
-    message per folder that could not be read (e.g. permissions)."""
+    message per folder that could not be read (e.g. permissions).
+
+    Hidden subfolders are skipped: an export or a recipe stages its bundle in `.NAME.tmp-PID` beside the
+    final folder before the atomic rename, and a server started meanwhile must not load that copy."""
     found: list[Path] = []
     errors: list[str] = []
     for folder in folders:
@@ -102,7 +105,8 @@ def find_bundles(folders: Sequence[Path]) -> tuple[list[Path], list[str]]:
             if (folder / MANIFEST).is_file():
                 found.append(folder)
             elif folder.is_dir():
-                found.extend(sorted(p for p in folder.iterdir() if (p / MANIFEST).is_file()))
+                subfolders = (p for p in folder.iterdir() if not p.name.startswith("."))
+                found.extend(sorted(p for p in subfolders if (p / MANIFEST).is_file()))
         except OSError as exc:
             errors.append(f"cannot read bundle folder {folder}: {exc}")
     return found, errors

@@ -89,6 +89,19 @@ def test_a_configured_default_model_takes_every_unnamed_request(ko_en_bundles: P
         assert answered_by(client.post("/classify", json={"inputs": "a fine film", "model": "en"})) == "en"
 
 
+def test_a_bundle_being_staged_beside_the_others_is_not_served(ko_en_bundles: Path, tmp_path: Path) -> None:
+    """An export publishing into the served folder stages its copy in a hidden `.NAME.tmp-PID` folder:
+    a server started meanwhile serves the finished bundles and ignores that copy (before: two bundles
+    of the same name, and the server refused to start)."""
+    folder = tmp_path / "bundles"
+    for bundle in ko_en_bundles.iterdir():
+        copy_bundle(bundle, folder / bundle.name)
+    copy_bundle(ko_en_bundles / "en", folder / ".en.tmp-1234")
+    with TestClient(create_app(Settings(bundles=[folder], ort_threads=1))) as client:
+        models = [m["name"] for m in client.get("/v1/models").json()["models"]]
+    assert sorted(models) == ["en", "ko"]
+
+
 def test_documented_examples_are_per_language_name_loaded_models_and_succeed(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
