@@ -126,7 +126,8 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     # the card's figures are the run's own files
     results = json.loads((tmp_path / "work" / "finetune" / "results.json").read_text())
     assert data["finetune"]["test_acc_mean"] == results["test_acc_mean"]
-    assert f"{100 * results['test_acc_mean']:.2f} ± " in card
+    # one seed: its figure alone, no "± 0.00" claiming zero spread
+    assert f"| **{100 * results['test_acc_mean']:.2f}** | 1 seed, {results['failed_runs']} failed |" in card
     assert card.startswith("---\nlanguage: en\n") and "model-index:" in card
     assert "TF-IDF" in card and "same recipe, no pretraining" in card and "a published model" in card
     (seed,) = results["seeds"]  # the bundle's classifier is named, with its own test figure

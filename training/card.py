@@ -189,9 +189,13 @@ def _pct(value: float | None, digits: int = 1) -> str:
 
 
 def _mean_std(summary: dict[str, Any] | None, key: str = "test_acc") -> str:
+    """ "mean ± std" in percent; the mean alone for a single run (a "± 0.00" would claim no spread)."""
     if not summary or summary.get(f"{key}_mean") is None:
         return "-"
-    return f"{100 * summary[f'{key}_mean']:.2f} ± {100 * (summary.get(f'{key}_std') or 0):.2f}"
+    mean = f"{100 * summary[f'{key}_mean']:.2f}"
+    if summary.get("runs") == 1:
+        return mean
+    return f"{mean} ± {100 * (summary.get(f'{key}_std') or 0):.2f}"
 
 
 def front_matter(recipe: dict[str, Any], data: dict[str, Any]) -> str:
@@ -278,9 +282,10 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
 
     out += ["## Results", "", f"| model | {task['name']} test accuracy | notes |", "|---|---|---|"]
     if ft:
+        seeds = _count(ft["runs"], "seed")
         out.append(
             f"| **{recipe['name']}** (this model, {data['export']['size_mb']:.1f} MB INT8 bundle) | "
-            f"**{_mean_std(ft)}** | mean ± std over {_count(ft['runs'], 'seed')}, "
+            f"**{_mean_std(ft)}** | {f'mean ± std over {seeds}' if ft['runs'] > 1 else seeds}, "
             f"{ft['failed_runs']} failed |"
         )
     if scratch:
@@ -385,7 +390,9 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             f"| {s['seed']} | {_pct(s['best_dev_acc'], 2)} | {_pct(s['test_acc'], 2)} | {s['best_epoch']} |"
             for s in summary["seeds"]
         ]
-        out += [f"| mean ± std | {_mean_std(summary, 'dev_acc')} | {_mean_std(summary)} | |", ""]
+        if summary.get("runs") != 1:
+            out.append(f"| mean ± std | {_mean_std(summary, 'dev_acc')} | {_mean_std(summary)} | |")
+        out.append("")
 
     checks = data["export"].get("checks") or {}
     out += ["## The bundle: INT8 against fp32", "", "| check | value |", "|---|---|"]
