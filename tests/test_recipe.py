@@ -389,3 +389,23 @@ def test_the_study_start_is_recovered_from_the_head_start(tmp_path: Path, tiny_p
     assert all(torch.equal(recovered.state[k], original.state[k]) for k in original.state)
     with pytest.raises(CLIError, match=f"step-{step + 1}.pt: the study starts from .* at step {step + 1}"):
         recover_phase_snapshot(run, step + 1, str(head))
+
+
+SHIPPED_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the project")
+@pytest.mark.parametrize("recipe", SHIPPED_RECIPES, ids=lambda path: path.stem)
+def test_each_shipped_recipe_plans_every_stage_and_its_study(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The recipes that made the shipped bundles stay valid as the code moves: on a machine that has
+    run nothing (an empty home, so an empty work folder), the dry run with the study plans every stage."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(recipe.parents[1])
+    assert main(["recipe", str(recipe.relative_to(recipe.parents[1])), "--study", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    for stage in ("tokenizer", "prepare", "pretrain", "study", "finetune", "baseline", "export"):
+        assert f"\n{stage:<19}run" in plan, plan  # the plan's rows: stage, state, estimate
+    assert not (tmp_path / "pocketbert-runs").exists()  # a dry run writes nothing
