@@ -189,7 +189,7 @@ def _pct(value: float | None, digits: int = 1) -> str:
 
 
 def _mean_std(summary: dict[str, Any] | None, key: str = "test_acc") -> str:
-    """ "mean ± std" in percent; the mean alone for a single run (a "± 0.00" would claim no spread)."""
+    """Mean ± std in percent; the mean alone for a single run (a "± 0.00" would claim no spread)."""
     if not summary or summary.get(f"{key}_mean") is None:
         return "-"
     mean = f"{100 * summary[f'{key}_mean']:.2f}"
