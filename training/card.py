@@ -451,7 +451,8 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
                 "| peak lr | probe dev acc |",
                 "|---|---|",
             ]
-            out += [f"| {r['lr']} | {_pct(r['probe_dev_acc'], 2)} |" for r in data["study"]["finetune_lr"]]
+            by_rate = sorted(data["study"]["finetune_lr"], key=lambda r: float(r["lr"]))  # "1e-4" or 0.0003
+            out += [f"| {float(r['lr']):g} | {_pct(r['probe_dev_acc'], 2)} |" for r in by_rate]
         out.append("")
 
     hours = pre.get("hours", 0) + (data.get("adapt") or {}).get("hours", 0)
