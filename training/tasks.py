@@ -56,17 +56,18 @@ def split_dev(
         raise CLIError(f"the dev fraction must be between 0 and 1, got {fraction}")
     if unit not in DEV_UNITS:
         raise CLIError(f"the dev unit must be one of {', '.join(DEV_UNITS)}, got {unit!r}")
-    words = [_words(t) for t in data.texts] if unit == "sentence" else []
-    candidates = whole_sentences(words) if unit == "sentence" else list(range(len(data)))
-    noun = "whole sentences" if unit == "sentence" else "examples"
+    by_sentence = unit == "sentence"
+    words = [_words(t) for t in data.texts] if by_sentence else []
+    candidates = whole_sentences(words) if by_sentence else list(range(len(data)))
     n_dev = max(1, round(len(candidates) * fraction))
     if n_dev >= len(candidates):
+        noun = "whole sentences" if by_sentence else "examples"
         raise CLIError(
             f"{data.path}: {len(candidates)} {noun} are too few to carve a dev split of {fraction}"
         )
     dev_rows = set(random.Random(seed).sample(candidates, n_dev))
-    left_out = rows_inside(words, dev_rows) if unit == "sentence" else set()
-    unit_note = ", whole sentences" if unit == "sentence" else ""
+    left_out = rows_inside(words, dev_rows) if by_sentence else set()
+    unit_note = ", whole sentences" if by_sentence else ""
 
     def pick(rows: list[int], part: str, skipped: int) -> LabeledTexts:
         return LabeledTexts(
