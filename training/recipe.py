@@ -506,6 +506,7 @@ class Runner:
         st, task = self.recipe["study"], self.recipe["task"]
         init = self.path("pretrain", f"step-{st['init_step']}.pt")
         folder, probe = self.path("study"), st["probe"]
+        start = st.get("init_name", "start")  # the probe of the arms' common starting point
 
         def run_probe(name: str, weights: str | Path, lr: float | str | None = None) -> None:
             if not (folder / f"probe-{name}" / "results.json").is_file():
@@ -532,7 +533,7 @@ class Runner:
 
         def run_study() -> None:
             recover_phase_snapshot(init.parent, st["init_step"], self.recipe["pretrain"].get("head_start"))
-            run_probe(st.get("init_name", "start"), init)
+            run_probe(start, init)
             for arm in st["arm"]:
                 steps = arm.get("steps", st["steps"])
                 data = {"only": [self.indomain_dir], True: [self.data_dir, self.indomain_dir]}.get(
@@ -549,7 +550,7 @@ class Runner:
                 run_probe(arm["name"], folder / arm["name"] / "model.pt")
             run_probe("scratch", "scratch")
             for lr in st.get("lr_probes", []):  # the fine-tuning learning rate, chosen on the dev split
-                run_probe(f"{st.get('init_name', 'start')}-lr{lr}", init, lr=lr)
+                run_probe(f"{start}-lr{lr}", init, lr=lr)
             write_study_table(st, folder, self.path("study.json"))
 
         # what is left of it: the arms' remaining steps and the probes without results
@@ -557,8 +558,8 @@ class Runner:
             max(0, arm.get("steps", st["steps"]) - checkpoint_step(folder / arm["name"])) for arm in st["arm"]
         )
         tokens = arm_steps * st["batch_size"] * st.get("grad_accum", 1) * self.recipe["prepare"]["max_length"]
-        probes = [st.get("init_name", "start"), *(arm["name"] for arm in st["arm"]), "scratch"]
-        probes += [f"{st.get('init_name', 'start')}-lr{lr}" for lr in st.get("lr_probes", [])]
+        probes = [start, *(arm["name"] for arm in st["arm"]), "scratch"]
+        probes += [f"{start}-lr{lr}" for lr in st.get("lr_probes", [])]
         probes_left = sum(not (folder / f"probe-{name}" / "results.json").is_file() for name in probes)
         self.add(
             Stage(
