@@ -190,3 +190,61 @@ def test_finetune_killed_anywhere_resumes_exactly(
     assert same_weights(whole / "model.pt", out / "model.pt")
     assert losses(whole / "metrics.jsonl") == losses(out / "metrics.jsonl")
     assert not (out / "checkpoint.pt").exists() and not list(out.glob(".*.tmp-*"))
+
+
+def test_finetune_stopped_by_signal_saves_the_step_it_reached_and_resumes_exactly(
+    tmp_path: Path, tiny_tokenizer_dir: Path, tiny_config
+) -> None:
+    """SIGTERM (a scheduler, `kill`) and SIGINT (Ctrl-C) save the seed in progress after the current step
+    and exit 143 / 130; no step done is lost, however far the last --save-every save lies behind."""
+    tiny_config.to_json(tmp_path / "tiny.json")
+    write_jsonl(tmp_path / "train.jsonl", sentiment_rows(640, 0))  # 40 steps an epoch: time to aim
+    write_jsonl(tmp_path / "dev.jsonl", sentiment_rows(40, 1))
+    write_jsonl(tmp_path / "test.jsonl", sentiment_rows(40, 2))
+    whole = tmp_path / "whole"
+    assert main(finetune_args(tmp_path, tiny_tokenizer_dir, whole)) == 0
+
+    out = tmp_path / "stopped"
+    argv = finetune_args(tmp_path, tiny_tokenizer_dir, out)
+    argv[argv.index("--save-every") + 1] = "1000"  # no periodic save: only the signal's
+    metrics = out / "metrics.jsonl"
+
+    def stop_when(condition: Callable[[], bool], sig: int) -> str:
+        proc = start(argv)
+        try:
+            deadline = time.monotonic() + 400
+            while not condition():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "fine-tuning did not get there"
+                time.sleep(0.01)
+            proc.send_signal(sig)
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 128 + sig, stderr
+        assert "Traceback" not in stderr
+        assert "stopped by signal" in stdout
+        return stdout
+
+    def last_step(seed: int) -> int:
+        return max((r["step"] for r in rows(metrics) if r.get("seed") == seed), default=0)
+
+    # 1. SIGTERM in seed 1's first epoch, before any periodic save could have happened
+    stop_when(lambda: last_step(1) >= 3, signal.SIGTERM)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["seed"] == 1 and state["step"] == last_step(1) >= 3  # every step done is saved
+    # 2. the same command again: it continues there; SIGINT once seed 2 is training
+    stdout = stop_when(lambda: last_step(2) >= 2, signal.SIGINT)
+    assert f"seed 1 at step {state['step']}" in stdout
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert [row["seed"] for row in state["finished"]] == [1]
+    assert state["seed"] == 2 and state["step"] == last_step(2) >= 2
+    # 3. to the end: the same results as the run that was never stopped
+    proc = start([*argv, "--resume"])
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert json.loads((out / "results.json").read_text())["seeds"][0]["seed"] == 1
+    assert same_weights(whole / "model.pt", out / "model.pt")
+    assert losses(whole / "metrics.jsonl") == losses(metrics)
+    assert not (out / "checkpoint.pt").exists()

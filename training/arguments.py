@@ -350,8 +350,8 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
         "--save-every",
         type=int,
         default=1000,
-        help="write checkpoint.pt every N steps within an epoch, besides each epoch's end, so that an "
-        "interrupted run loses at most N steps (default 1000)",
+        help="write checkpoint.pt every N steps within an epoch, besides each epoch's end and on Ctrl-C / "
+        "SIGTERM, so that a killed run loses at most N steps (default 1000)",
     )
 
 

@@ -36,7 +36,7 @@ from training.loop import HeapTrimmer, Window, clip_and_step, progress_bar
 from training.metrics_log import MetricsLog
 from training.optim import build_optimizer, build_scheduler
 from training.plot import plot_run
-from training.runtime import derived_generator, pick_device, rng_state, set_rng_state
+from training.runtime import StopSignal, derived_generator, pick_device, rng_state, set_rng_state
 from training.tasks import DEFAULT_DEV_UNIT, LabeledTexts, read_task, split_dev
 
 EVAL_BATCH_SIZE = 128
@@ -229,6 +229,10 @@ class SeedResult:
 SaveState = Callable[[dict[str, Any]], None]  # writes a seed's state at the end of an epoch
 
 
+class Stopped(Exception):
+    """SIGINT / SIGTERM arrived: the seed in progress saved its state; the run ends, to be resumed."""
+
+
 def train_seed(
     args: argparse.Namespace,
     seed: int,
@@ -238,6 +242,7 @@ def train_seed(
     majority_dev: float,
     metrics: MetricsLog,
     save_state: SaveState,
+    stop: StopSignal,
     resume: dict[str, Any] | None = None,
 ) -> SeedResult:
     """Fine-tune one seed's classifier, keep its best dev checkpoint, and score that on the test set.
@@ -245,7 +250,8 @@ def train_seed(
     At the end of every epoch, and every `--save-every` steps within one, the seed's whole state (weights,
     optimiser, schedule, RNG, best so far, batches done in the epoch) goes to `save_state`; `resume` is
     such a state, from which the seed continues exactly: an epoch's batch order comes from its own
-    generator, so the batches already done are skipped without drawing anything.
+    generator, so the batches already done are skipped without drawing anything. A signal (`stop`) ends
+    the seed after the step in progress, its state saved, by raising Stopped.
     """
     train, dev, test = data
     device = pick_device(args.device)
@@ -340,9 +346,14 @@ def train_seed(
                 if dev_metrics["acc"] > best_acc:
                     best_acc, best_step = dev_metrics["acc"], step
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            if step % args.save_every == 0 and b < len(batches):
+            stopping = stop.received is not None
+            if b < len(batches) and (stopping or step % args.save_every == 0):
                 save_state(seed_state(epoch, b))
+                if stopping:
+                    raise Stopped
         save_state(seed_state(epoch + 1, 0))
+        if stop.received is not None:
+            raise Stopped
     bar.close()
     model.load_state_dict(best_state)
     test_acc = evaluate(model, test, device)["acc"] if test is not None else None
@@ -592,11 +603,16 @@ def run(args: argparse.Namespace) -> int:
         "tokenizer_sha256": tokenizer.checksum,
     }
     best_dev = max((r.best_dev_acc for r in results), default=-1.0)
+    stop = StopSignal().install()  # SIGINT / SIGTERM: save the seed in progress, then exit 130 / 143
     try:
         for seed in [s for s in seeds if s not in {r.seed for r in results}]:
+            if stop.received is not None:
+                raise Stopped  # arrived while the last seed was scored and written: all of it is saved
             resume = in_progress if in_progress is not None and in_progress["seed"] == seed else None
             data = (train_set, dev_set, test_set)
-            result = train_seed(args, seed, init, num_labels, data, majority_dev, metrics, save_state, resume)
+            result = train_seed(
+                args, seed, init, num_labels, data, majority_dev, metrics, save_state, stop, resume
+            )
             results.append(result)
             summary = summarise(args, results, extra)
             if result.best_dev_acc > best_dev:  # write the best classifier as soon as it exists
@@ -621,10 +637,18 @@ def run(args: argparse.Namespace) -> int:
             (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
             save_state(None)  # the seed is done: its row is committed
             plot_run(out)
-    except KeyboardInterrupt:
+    except Stopped:
+        print(
+            f"\nstopped by signal; {state_path} holds the run so far (seeds done "
+            f"{sorted(r.seed for r in results) or 'none'}): run the same command again to resume"
+        )
+        return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C while saving: the last complete save is what resumes
         if state_path.is_file():
             print(f"\ninterrupted; {state_path} holds the run so far: run the same command again to resume")
         raise
+    finally:
+        stop.restore()
     summary = summarise(args, results, extra)
     model, metadata = load_model(out / MODEL_FILENAME)
     save_model(out / MODEL_FILENAME, model, {**metadata, "results": summary})  # the final table, all seeds
