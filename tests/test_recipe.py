@@ -63,6 +63,7 @@ extra_tests = [{{ name = "other reviews", task = "csv", path = "{folder / "other
 [tokenizer]
 vocab_size = 160
 extra_text = "task"
+candidates = [{{ name = "corpus only", extra_text = "none" }}]
 
 [prepare]
 max_length = 48
@@ -134,6 +135,9 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert f"seed 1's: the seed with the best dev accuracy ({100 * seed['best_dev_acc']:.2f}%" in card
     assert f"It scores {100 * seed['test_acc']:.2f}% on the test set" in card
     assert "single jamo" not in card  # an English tokenizer table has no Hangul column
+    # the card compares the shipped tokenizer with the candidate the recipe trained beside it
+    assert {row["tokenizer"] for row in data["tokenizer"]} == {"shipped", "corpus only"}
+    assert "| corpus only | csv train |" in card
     (other,) = data["extra_tests"]
     assert other["name"] == "other reviews" and other["examples"] == 30
     score = f"{100 * other['accuracy']:.2f}%"
@@ -155,13 +159,13 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     # again: nothing to do
     assert main(["recipe", str(recipe), "--threads", "1"]) == 0
     again = capsys.readouterr().out
-    assert "$ pocketbert" not in again and again.count("skipped") == 11
+    assert "$ pocketbert" not in again and again.count("skipped") == 12
 
     # the same data with a new modification time (a fresh copy, a re-provisioned share): still done
     for name in ("corpus.txt", "train.tsv", "test.tsv"):
         os.utime(tmp_path / name, (1e9, 1e9))
     assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
-    assert capsys.readouterr().out.count(" done ") == 11
+    assert capsys.readouterr().out.count(" done ") == 12
 
     # an edited test file: what reads it (fine-tuning scores on it, the baseline, the card) runs again
     with open(tmp_path / "test.tsv", "a", encoding="utf-8") as test_file:
@@ -225,6 +229,12 @@ def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "extra.toml").write_text(text.replace('task = "csv", path', 'task = "csv", file'))
     assert main(["recipe", str(tmp_path / "extra.toml"), "--dry-run"]) == 2
     assert "extra.toml: [task] extra_tests entry 1 misses 'path'" in capsys.readouterr().err
+    (tmp_path / "tok.toml").write_text(text.replace('extra_text = "none"', 'extra_text = "wiki"'))
+    assert main(["recipe", str(tmp_path / "tok.toml"), "--dry-run"]) == 2
+    assert "tok.toml: [tokenizer] candidates entry 1 has extra_text 'wiki'" in capsys.readouterr().err
+    (tmp_path / "twice.toml").write_text(text.replace('"corpus only"', '"shipped"'))
+    assert main(["recipe", str(tmp_path / "twice.toml"), "--dry-run"]) == 2
+    assert "twice.toml: [tokenizer] candidates entry 1 needs a name of its own" in capsys.readouterr().err
 
 
 def test_a_stage_stopped_by_a_signal_stops_the_recipe_unstamped(
@@ -359,7 +369,15 @@ def test_a_new_dev_split_reruns_fine_tuning_but_not_pretraining_on_indomain_file
         return {s.name: s.fingerprint for s in Runner(recipe, tmp_path / "work", 1).stages}
 
     rows, sentences = fingerprints(True, ""), fingerprints(True, 'dev_unit = "sentence"\n')
-    unchanged = {"indomain-text", "tokenizer", "prepare", "prepare-indomain", "pretrain", "adapt"}
+    unchanged = {
+        "indomain-text",
+        "tokenizer",
+        "tokenizer-compare",
+        "prepare",
+        "prepare-indomain",
+        "pretrain",
+        "adapt",
+    }
     assert {name for name in rows if rows[name] != sentences[name]} == set(rows) - unchanged
     rows, sentences = fingerprints(False, ""), fingerprints(False, 'dev_unit = "sentence"\n')
     assert rows["indomain-text"] != sentences["indomain-text"] and rows["prepare"] == sentences["prepare"]

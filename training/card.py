@@ -95,7 +95,7 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
         mlm_accuracy_by_frequency,
         training_curves,
     )
-    from training.tokenizer_stats import compare
+    from training.tokenizer_stats import candidate_dir, compare
 
     torch.set_num_threads(threads)
     card = recipe.get("card", {})
@@ -107,9 +107,8 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
 
     tokenizers = {
         "shipped": work / "tokenizer",
-        **{k: Path(v).expanduser() for k, v in card.get("compare_tokenizers", {}).items()},
+        **{c["name"]: candidate_dir(work, c["name"]) for c in recipe["tokenizer"].get("candidates", [])},
     }
-    tokenizers = {k: v for k, v in tokenizers.items() if v.exists()}
     texts = {
         f"{task['name']} train": task["train"],
         f"{task['name']} test": task["test"],

@@ -4,8 +4,10 @@ A recipe file names the data and every setting; this module turns it into stages
 `pocketbert` command (printed before it runs, and appended to WORKDIR/commands.log, so every figure
 of the card can be traced to the command that made it):
 
-    tokenizer -> indomain-text -> prepare -> prepare-indomain -> pretrain (phases) -> adapt
-      -> finetune -> finetune-scratch -> baseline -> export -> card
+    indomain-text -> tokenizer (-> tokenizer-compare) -> prepare -> prepare-indomain -> pretrain (phases)
+      -> adapt -> finetune -> finetune-scratch -> baseline -> export -> card
+
+(tokenizer-compare trains the [tokenizer] candidates the card's tokenizer table sets beside the shipped one.)
 
 A stage is skipped when its outputs exist and its stamp (WORKDIR/.stamps/STAGE.json) records the same
 fingerprint: a hash of the stage's settings and of its inputs (data files by name, size and content
@@ -49,6 +51,7 @@ from typing import Any
 from model.config import BertConfig
 from training.card import build_card
 from training.errors import CLIError
+from training.tokenizer_stats import candidate_dir
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ scripts are run from here
 STAMPS = ".stamps"
@@ -60,6 +63,7 @@ STAMPS = ".stamps"
 # one thread gave ~2,800).
 PRETRAIN_TOKENS_PER_S_PER_THREAD = 2_300
 FINETUNE_TOKENS_PER_S_PER_THREAD = 2_150
+TOKENIZER_S_PER_LINE = 3e-4  # SentencePiece on a sample of N lines: the Korean 2M-line one took ~10 minutes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,6 +101,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
                 else f"{path}: missing the top-level key '{key}'"
             )
     _check_task(path, recipe["task"])
+    _check_tokenizer(path, recipe["tokenizer"])
     recipe["_path"] = str(path)
     return recipe
 
@@ -113,6 +118,27 @@ def _check_task(path: Path, task: Any) -> None:
         if missing:
             names = ", ".join(map(repr, missing))
             raise CLIError(f"{path}: [task] extra_tests entry {number} misses {names}")
+
+
+EXTRA_TEXTS = ("none", "task", "indomain")  # what a tokenizer learns from besides the corpus
+
+
+def _check_tokenizer(path: Path, tok: dict[str, Any]) -> None:
+    """[tokenizer]'s extra_text is one of EXTRA_TEXTS; each of its candidates has a name of its own."""
+    names: set[str] = set()
+    for where, settings in [("[tokenizer]", tok)] + [
+        (f"[tokenizer] candidates entry {n}", c) for n, c in enumerate(tok.get("candidates", []), start=1)
+    ]:
+        if not isinstance(settings, dict):
+            raise CLIError(f"{path}: {where} must be a table")
+        if settings.get("extra_text", "none") not in EXTRA_TEXTS:
+            raise CLIError(
+                f"{path}: {where} has extra_text {settings['extra_text']!r}; expected one of {EXTRA_TEXTS}"
+            )
+        if where != "[tokenizer]":
+            if not isinstance(settings.get("name"), str) or settings["name"] in names | {"shipped"}:
+                raise CLIError(f"{path}: {where} needs a name of its own (not 'shipped', not repeated)")
+            names.add(settings["name"])
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:
@@ -276,41 +302,73 @@ class Runner:
         )
 
         # 2. tokenizer: the corpus, plus the task's training texts or the in-domain text
-        extra = tok.get("extra_text")  # None, "task" or "indomain"
         task_text_all = self.path("task", "train_text_all.txt")
-        tok_inputs = corpus + {"task": [str(task_text_all)], "indomain": [str(indomain_text)]}.get(extra, [])
 
-        def run_tokenizer() -> None:
+        def train_tokenizer(changes: dict[str, Any], out: Path) -> None:
+            """`pocketbert tokenizer train` with the [tokenizer] settings, `changes` applied: on the corpus
+            plus the extra_text ("task", "indomain", or "none")."""
+            setting = {**tok, **changes}.get
+            extra = setting("extra_text")
             if extra == "task":
                 write_text_lines(task_text_all, task_texts(task, dev_fraction=None))
+            extra_files = {"task": [str(task_text_all)], "indomain": [str(indomain_text)]}.get(extra, [])
             self.command(
                 "tokenizer",
                 "train",
                 *flags(
-                    input=tok_inputs,
-                    vocab_size=tok["vocab_size"],
-                    model_type=tok.get("model_type", "unigram"),
-                    input_sentence_size=tok.get("input_sentence_size", 2_000_000),
-                    seed=tok.get("seed", 0),
-                    out=self.tokenizer_dir,
+                    input=corpus + extra_files,
+                    vocab_size=setting("vocab_size"),
+                    model_type=setting("model_type", "unigram"),
+                    input_sentence_size=setting("input_sentence_size", 2_000_000),
+                    seed=setting("seed", 0),
+                    out=out,
                 ),
             )
+
+        def run_tokenizer() -> None:
+            train_tokenizer({}, self.tokenizer_dir)
             check_sha256(self.tokenizer_dir / "tokenizer.model", tok.get("sha256"))
 
+        def reads_indomain(changes: dict[str, Any]) -> list[str]:
+            return ["indomain-text"] if {**tok, **changes}.get("extra_text") == "indomain" else []
+
+        tokenizer_inputs = {"corpus": [file_identity(p) for p in corpus], "sources": sources}
+        candidates = tok.get("candidates", [])
         self.add(
             Stage(
                 "tokenizer",
-                {"settings": tok, "corpus": [file_identity(p) for p in corpus], "sources": sources},
+                {"settings": {k: v for k, v in tok.items() if k != "candidates"}, **tokenizer_inputs},
                 [self.tokenizer_dir / "tokenizer.model"],
                 run_tokenizer,
                 estimate_s=600,
-                after=["indomain-text"] if extra == "indomain" else [],
+                after=reads_indomain({}),
                 adopt=lambda: (
                     bool(tok.get("sha256"))
                     and sha256_of(self.tokenizer_dir / "tokenizer.model") == tok["sha256"]
                 ),
             )
         )
+
+        # the model card's tokenizer table: other tokenizers the shipped one is compared with, each
+        # trained by the same command with a few settings changed (e.g. no extra text, BPE, a smaller sample)
+        if candidates:
+
+            def run_candidates() -> None:
+                for candidate in candidates:
+                    changes = {k: v for k, v in candidate.items() if k != "name"}
+                    train_tokenizer(changes, candidate_dir(self.work, candidate["name"]))
+
+            self.add(
+                Stage(
+                    "tokenizer-compare",
+                    {"tokenizer": tok, **tokenizer_inputs},
+                    [candidate_dir(self.work, c["name"]) / "tokenizer.model" for c in candidates],
+                    run_candidates,
+                    estimate_s=TOKENIZER_S_PER_LINE
+                    * sum({**tok, **c}.get("input_sentence_size", 2_000_000) for c in candidates),
+                    after=sorted({name for c in candidates for name in reads_indomain(c)}),
+                )
+            )
 
         # 3-4. pretraining pairs from the corpus, and from the in-domain text
         self._add_prepare(
@@ -698,7 +756,12 @@ class Runner:
                 [target / "MODEL_CARD.md", target / "bundle.json"],
                 lambda: build_card(self.recipe, self.work, target, threads=self.threads),
                 estimate_s=240,
-                after=["export", "finetune-scratch", "baseline"],
+                after=[
+                    "export",
+                    "finetune-scratch",
+                    "baseline",
+                    *(["tokenizer-compare"] if self.recipe["tokenizer"].get("candidates") else []),
+                ],
             )
         )
 

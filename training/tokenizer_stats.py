@@ -9,13 +9,21 @@ is chosen by numbers (and the table goes into the model card).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
 
+CANDIDATES_DIR = "tokenizer-candidates"  # in a recipe's work folder: the tokenizers the card compares
 # Hangul jamo: the conjoining block, compatibility jamo (what keyboards type: ㅋ ㅠ), and the extensions.
 _JAMO_RANGES = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xD7B0, 0xD7FF))
+
+
+def candidate_dir(work: Path, name: str) -> Path:
+    """Where a recipe trains the candidate tokenizer called `name` ("wiki-only unigram (500k)" ->
+    work/tokenizer-candidates/wiki-only-unigram-500k)."""
+    return work / CANDIDATES_DIR / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def is_single_jamo(piece: str) -> bool:
