@@ -111,7 +111,9 @@ anchors = [["a published model", "90.0", "for comparison"]]
 
 
 @pytest.mark.slow
-def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_recipe_runs_skips_and_reruns_what_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_data(tmp_path)
     recipe = write_recipe(tmp_path)
     assert main(["recipe", str(recipe), "--threads", "1", "--dry-run"]) == 0
@@ -160,6 +162,30 @@ def test_recipe_runs_skips_and_reruns_what_changed(tmp_path: Path, capsys: pytes
     assert main(["recipe", str(recipe), "--threads", "1"]) == 0
     again = capsys.readouterr().out
     assert "$ pocketbert" not in again and again.count("skipped") == 12
+
+    # an edited card text: the card alone runs again, from the figures measured before (nothing re-scored)
+    text = recipe.read_text(encoding="utf-8")
+    recipe.write_text(text.replace('"a published model"', '"another model"'), encoding="utf-8")
+
+    def no_measuring(*args: object) -> None:
+        raise AssertionError("the card's figures were measured again for a new text")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("training.card.measure", no_measuring)
+        assert main(["recipe", str(recipe), "--threads", "1"]) == 0
+    assert "card figures unchanged since" in capsys.readouterr().out
+    new_card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "another model" in new_card and new_card.replace("another model", "a published model") == card
+    for png in ("training_curves.png", "attention.png"):
+        assert (bundle / png).stat().st_size > 5000
+    # a new fill-mask example is a new figure: measured
+    recipe.write_text(text.replace("the cat [MASK] the park.", "a dog [MASK] the river."), encoding="utf-8")
+    assert main(["recipe", str(recipe), "--threads", "1"]) == 0
+    assert "card figures unchanged" not in capsys.readouterr().out
+    assert json.loads((bundle / "card.json").read_text())["fill_mask"][0]["text"] == "a dog [MASK] the river."
+    recipe.write_text(text, encoding="utf-8")
+    assert main(["recipe", str(recipe), "--threads", "1"]) == 0  # as it was
+    capsys.readouterr()
 
     # the same data with a new modification time (a fresh copy, a re-provisioned share): still done
     for name in ("corpus.txt", "train.tsv", "test.tsv"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from training.publish import staged
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_DATA_FILE = "card.json"
+FIGURES = ("training_curves.png", "attention.png")
+# A work folder keeps the last measurement (card.json, the figures, and the key they were measured under):
+# a card whose texts alone changed is rendered again in seconds instead of re-scoring every test set.
+MEASURED_DIR = "card-measured"
+MEASURE_VERSION = 1  # raise when measure() changes what it measures, so that no cached figure outlives it
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,13 +162,35 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
             "export": manifest.get("export"),
             "size_mb": round(graphs_bytes(target) / 1e6, 2),
         },
-        "compute": card.get("compute", "CPU"),
         "extra_tests": [_extra_test(engine, test) for test in task.get("extra_tests", [])],
     }
-    (target / CARD_DATA_FILE).write_text(
-        json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
     return data
+
+
+def measured(
+    recipe: dict[str, Any], work: Path, staging: Path, threads: int, key: str | None
+) -> dict[str, Any]:
+    """measure(), or its figures from the work folder when they were measured under the same `key` (a
+    hash of everything they depend on: the bundle, the runs, the card's examples); None measures anew."""
+    cache = work / MEASURED_DIR
+    cached = _json(cache / "key.json") or {}
+    if key is not None and cached.get("key") == key and (cache / CARD_DATA_FILE).is_file():
+        for name in FIGURES:
+            shutil.copyfile(cache / name, staging / name)
+        print(f"card figures unchanged since {cached.get('measured')}: reusing {cache}")
+        return json.loads((cache / CARD_DATA_FILE).read_text(encoding="utf-8"))
+    data = measure(recipe, work, staging, threads)
+    if key is not None:
+        with staged(cache, overwrite=True) as folder:
+            for name in FIGURES:
+                shutil.copyfile(staging / name, folder / name)
+            _write_json(folder / CARD_DATA_FILE, data)
+            _write_json(folder / "key.json", {"key": key, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return data
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _extra_test(engine, test: dict[str, Any]) -> dict[str, Any]:
@@ -520,11 +548,17 @@ def headline(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_card(recipe: dict[str, Any], work: Path, target: Path, threads: int = 1) -> Path:
-    """The exported bundle plus MODEL_CARD.md, card.json and the figures, published at `target` as a whole."""
+def build_card(
+    recipe: dict[str, Any], work: Path, target: Path, threads: int = 1, key: str | None = None
+) -> Path:
+    """The exported bundle plus MODEL_CARD.md, card.json and the figures, published at `target` as a whole.
+
+    `key` identifies what the figures depend on (see `measured`); the card's texts are not part of it."""
     with staged(target, overwrite=True) as staging:
         shutil.copytree(work / recipe["name"], staging, dirs_exist_ok=True)
-        data = measure(recipe, work, staging, threads)
+        compute = recipe.get("card", {}).get("compute", "CPU")  # a text of the card's, never measured
+        data = {**measured(recipe, work, staging, threads, key), "compute": compute}
+        _write_json(staging / CARD_DATA_FILE, data)
         (staging / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
         manifest_path = staging / "bundle.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import BertConfig
-from training.card import build_card
+from training.card import MEASURE_VERSION, build_card
 from training.errors import CLIError
 from training.tokenizer_stats import candidate_dir
 
@@ -748,20 +748,34 @@ class Runner:
         )
 
     def _add_card(self) -> None:
-        target = Path(self.recipe["bundle"])
+        target, card = Path(self.recipe["bundle"]), self.recipe.get("card", {})
+        after = ["export", "finetune-scratch", "baseline"]
+        after += ["tokenizer-compare"] if self.recipe["tokenizer"].get("candidates") else []
+
+        def run_card() -> None:
+            """The card's figures depend on the stages before it, the exported bundle, the study and the
+            card's examples, not on its texts: under the same key they are reused and only the text is
+            rendered again."""
+            study, bundle = self.path("study.json"), self.path(self.recipe["name"], "bundle.json")
+            key = fingerprint(
+                {
+                    "version": MEASURE_VERSION,
+                    "after": {name: self._stage(name).fingerprint for name in after},
+                    "bundle": file_identity(bundle),
+                    "study": file_identity(study) if study.is_file() else None,
+                    "examples": {name: card.get(name) for name in ("fill_mask", "attention_text")},
+                }
+            )
+            build_card(self.recipe, self.work, target, threads=self.threads, key=key)
+
         self.add(
             Stage(
                 "card",
-                {"card": self.recipe.get("card", {}), "target": str(target)},
+                {"card": card, "target": str(target)},
                 [target / "MODEL_CARD.md", target / "bundle.json"],
-                lambda: build_card(self.recipe, self.work, target, threads=self.threads),
+                run_card,
                 estimate_s=240,
-                after=[
-                    "export",
-                    "finetune-scratch",
-                    "baseline",
-                    *(["tokenizer-compare"] if self.recipe["tokenizer"].get("candidates") else []),
-                ],
+                after=after,
             )
         )
 
