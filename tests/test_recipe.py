@@ -435,6 +435,18 @@ def test_the_study_start_is_recovered_from_the_head_start(tmp_path: Path, tiny_p
         recover_phase_snapshot(run, step + 1, str(head))
 
 
+def test_the_plan_counts_pretraining_from_the_head_start(tmp_path: Path, tiny_pretrain_run: Path) -> None:
+    """A recipe that resumes a head start (as the Korean one does from step 4,005) plans only the steps
+    after it: the estimate is not that of a run from step 0."""
+    write_data(tmp_path)
+    text = write_recipe(tmp_path, last_phase=12).read_text(encoding="utf-8")
+    with_head = text.replace("[pretrain]\n", f'[pretrain]\nhead_start = "{tiny_pretrain_run}"\n')
+    (tmp_path / "head.toml").write_text(with_head, encoding="utf-8")
+    plain = Runner(load_recipe(tmp_path / "tiny.toml"), tmp_path / "work", 1)._pretrain_seconds_left()
+    headed = Runner(load_recipe(tmp_path / "head.toml"), tmp_path / "work", 1)._pretrain_seconds_left()
+    assert headed == pytest.approx(plain * (12 - 2) / 12)  # the head start stopped at step 2 of 12
+
+
 SHIPPED_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -521,7 +521,7 @@ class Runner:
             )
         )
         self._pretrain_seconds_left = lambda: (
-            max(0, final_step - checkpoint_step(out))
+            max(0, final_step - (checkpoint_step(out) or head_start_step(pre.get("head_start"))))
             * tokens_per_step
             / (PRETRAIN_TOKENS_PER_S_PER_THREAD * self.threads)
         )
@@ -1117,6 +1117,16 @@ def check_sha256(path: Path, expected: str | None) -> None:
             f"warning: {path} has sha256 {file_sha256(path)}, the recipe recorded {expected}: the later "
             "stages will not reproduce the recipe's figures exactly"
         )
+
+
+def head_start_step(head_start: str | None) -> int:
+    """The step a head start stopped at (0 without one): where a run folder that adopts it begins."""
+    source = Path(head_start).expanduser() / "checkpoint.pt" if head_start else None
+    if source is None or not source.is_file():
+        return 0
+    from training.checkpointing import load_training_state
+
+    return int(load_training_state(source).get("step", 0))
 
 
 def adopt_head_start(head_start: str | None, out: Path, tokenizer: Path) -> None:
