@@ -89,6 +89,34 @@ def test_graph_that_disagrees_with_its_model_is_refused_by_the_reference(bundle:
         Engine.load(bundle)
 
 
+def test_a_small_output_is_held_to_the_scale_of_that_output_over_all_cases(tmp_path: Path) -> None:
+    """Another CPU's kernels move every logit by about the same absolute amount (INT8: up to 3% of the
+    output's scale). A case whose logits happen to be near zero is held to that scale too, not to its
+    own size, or a sound graph is refused on a CPU other than the exporting one (as the shipped Korean
+    bundle was on an AVX-512 VNNI CPU: 0.0085 off logits of 0.09)."""
+    from model.bundle import check_cases
+
+    reference = {
+        "atol": 1e-4,
+        "rtol": 0.05,
+        "cases": [
+            {"text": "near zero", "input_ids": [1], "classifier_logits": [0.09, -0.06]},
+            {"text": "confident", "input_ids": [2], "classifier_logits": [1.6, -1.5]},
+        ],
+    }
+    ids = {"near zero": [1], "confident": [2]}
+
+    def check(served: dict[str, list[float]]) -> None:
+        def run_case(case: dict) -> dict:
+            return {"classifier_logits": ("classifier.onnx", served[case["text"]])}
+
+        check_cases(tmp_path, reference, lambda text, pair: ids[text], run_case)
+
+    check({"near zero": [0.0985, -0.0615], "confident": [1.61, -1.49]})  # a kernel's noise: within 0.08
+    with pytest.raises(BundleError, match=r"classifier_logits of case 0 differs by up to 0.2"):
+        check({"near zero": [0.29, -0.06], "confident": [1.6, -1.5]})  # another model's answer
+
+
 def test_pretraining_graph_that_disagrees_is_refused(bundle: Path) -> None:
     scale_weights(bundle / "pretraining.onnx", 0.5)
     rehash(bundle, "pretraining.onnx")

@@ -129,10 +129,16 @@ def readme_examples() -> list[tuple[str, dict, dict]]:
     return [(path, json.loads(body), json.loads(answer)) for path, body, answer in found]
 
 
+# How far a served score may be from the README's: the INT8 graphs' kernels differ between CPUs (AVX2's
+# u8s8 products saturate, AVX-512 VNNI's do not), which moved the Korean NSP example from 0.8903 to 0.9061.
+# Labels, tokens and their order must match exactly.
+SCORE_TOLERANCE = 0.025
+
+
 def assert_close(shown: object, served: object, where: str = "") -> None:
-    """Equal, except that a float shown rounded to 4 places may differ from the served one by 5e-4."""
+    """Equal, except that a score may differ by SCORE_TOLERANCE (the CPU's INT8 kernels, and rounding)."""
     if isinstance(shown, float):
-        assert served == pytest.approx(shown, abs=5e-4), where
+        assert served == pytest.approx(shown, abs=SCORE_TOLERANCE), where
     elif isinstance(shown, dict):
         assert isinstance(served, dict) and shown.keys() == served.keys(), where
         for key in shown:
