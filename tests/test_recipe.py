@@ -186,6 +186,16 @@ def test_recipe_runs_skips_and_reruns_what_changed(
     recipe.write_text(text, encoding="utf-8")
     assert main(["recipe", str(recipe), "--threads", "1"]) == 0  # as it was
     capsys.readouterr()
+    # --card-text-only: the card's texts again from the bundle's own card.json, with no work folder at all
+    (tmp_path / "work").rename(tmp_path / "work-away")
+    recipe.write_text(text.replace('"a published model"', '"another model"'), encoding="utf-8")
+    assert main(["recipe", str(recipe), "--card-text-only"]) == 0
+    assert (bundle / "MODEL_CARD.md").read_text(encoding="utf-8") == new_card
+    (tmp_path / "work-away").rename(tmp_path / "work")
+    recipe.write_text(text, encoding="utf-8")
+    assert main(["recipe", str(recipe), "--card-text-only"]) == 0
+    assert (bundle / "MODEL_CARD.md").read_text(encoding="utf-8") == card
+    capsys.readouterr()
 
     # the same data with a new modification time (a fresh copy, a re-provisioned share): still done
     for name in ("corpus.txt", "train.tsv", "test.tsv"):
@@ -255,6 +265,8 @@ def test_recipe_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "extra.toml").write_text(text.replace('task = "csv", path', 'task = "csv", file'))
     assert main(["recipe", str(tmp_path / "extra.toml"), "--dry-run"]) == 2
     assert "extra.toml: [task] extra_tests entry 1 misses 'path'" in capsys.readouterr().err
+    assert main(["recipe", str(tmp_path / "tiny.toml"), "--card-text-only"]) == 2  # no bundle made yet
+    assert "card.json: no measured card figures there" in capsys.readouterr().err
     (tmp_path / "tok.toml").write_text(text.replace('extra_text = "none"', 'extra_text = "wiki"'))
     assert main(["recipe", str(tmp_path / "tok.toml"), "--dry-run"]) == 2
     assert "tok.toml: [tokenizer] candidates entry 1 has extra_text 'wiki'" in capsys.readouterr().err

@@ -94,6 +94,21 @@ def test_card_headline_is_the_measured_results(name: str) -> None:
     assert onnx_mb < 20, f"{name}: {onnx_mb:.1f} MB of graphs"  # small enough to commit and ship
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_card_is_its_recipe_rendered_with_its_measured_figures(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MODEL_CARD.md is exactly what the recipe's texts and the bundle's card.json render: a text edited
+    in one place and not the other fails here (`pocketbert recipe R --card-text-only` writes both)."""
+    from training.card import render
+    from training.recipe import load_recipe
+
+    monkeypatch.chdir(BUNDLES.parent)  # the card names its recipe as the project root's commands do
+    recipe = load_recipe(f"recipes/{name}.toml")
+    data = json.loads((shipped(name) / "card.json").read_text(encoding="utf-8"))
+    assert (shipped(name) / "MODEL_CARD.md").read_text(encoding="utf-8") == render(recipe, data)
+
+
 def test_all_shipped_bundles_together_fit_in_30_mb() -> None:
     total = sum(f.stat().st_size for f in BUNDLES.rglob("*") if f.is_file())
     assert total <= 30e6, f"bundles/ holds {total / 1e6:.1f} MB"

@@ -463,6 +463,12 @@ def recipe_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run the recipe's [study] (arms of continued pretraining + task probes)",
     )
     parser.add_argument(
+        "--card-text-only",
+        action="store_true",
+        help="write MODEL_CARD.md again from the bundle's own card.json with the recipe's current [card] "
+        "texts: for an edited text on a machine without the recipe's work folder (no figure is measured)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         metavar="STAGE",

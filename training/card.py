@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model.bundle import graphs_bytes
+from training.errors import CLIError
 from training.publish import staged
 
 CARD_FILE = "MODEL_CARD.md"
@@ -548,6 +549,25 @@ def headline(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def with_compute(recipe: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The measured figures plus the compute the card names: a text of the recipe's, never measured."""
+    return {**data, "compute": recipe.get("card", {}).get("compute", "CPU")}
+
+
+def render_from_bundle(recipe: dict[str, Any], target: Path) -> Path:
+    """MODEL_CARD.md rendered again from the bundle's own card.json (its measured figures) and the recipe's
+    current texts: a text edit needs neither the work folder nor a measurement."""
+    measured_data = _json(target / CARD_DATA_FILE)
+    if measured_data is None:
+        raise CLIError(
+            f"{target / CARD_DATA_FILE}: no measured card figures there; run the recipe's card stage"
+        )
+    data = with_compute(recipe, measured_data)
+    _write_json(target / CARD_DATA_FILE, data)
+    (target / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
+    return target / CARD_FILE
+
+
 def build_card(
     recipe: dict[str, Any], work: Path, target: Path, threads: int = 1, key: str | None = None
 ) -> Path:
@@ -556,8 +576,7 @@ def build_card(
     `key` identifies what the figures depend on (see `measured`); the card's texts are not part of it."""
     with staged(target, overwrite=True) as staging:
         shutil.copytree(work / recipe["name"], staging, dirs_exist_ok=True)
-        compute = recipe.get("card", {}).get("compute", "CPU")  # a text of the card's, never measured
-        data = {**measured(recipe, work, staging, threads, key), "compute": compute}
+        data = with_compute(recipe, measured(recipe, work, staging, threads, key))
         _write_json(staging / CARD_DATA_FILE, data)
         (staging / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
         manifest_path = staging / "bundle.json"

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import BertConfig
-from training.card import MEASURE_VERSION, build_card
+from training.card import MEASURE_VERSION, build_card, render_from_bundle
 from training.errors import CLIError
 from training.tokenizer_stats import candidate_dir
 
@@ -1231,6 +1231,9 @@ def write_eval_sentences(data_dir: Path, tokenizer_dir: Path, out: Path, limit: 
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
+    if args.card_text_only:
+        print(f"wrote {render_from_bundle(recipe, Path(recipe['bundle']))}")
+        return 0
     workdir = Path(args.workdir or recipe["workdir"]).expanduser()
     runner = Runner(recipe, workdir, args.threads, study=args.study)
     names = [s.name for s in runner.stages]
