@@ -562,10 +562,14 @@ def render_from_bundle(recipe: dict[str, Any], target: Path) -> Path:
         raise CLIError(
             f"{target / CARD_DATA_FILE}: no measured card figures there; run the recipe's card stage"
         )
-    data = with_compute(recipe, measured_data)
-    _write_json(target / CARD_DATA_FILE, data)
-    (target / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
+    write_card(recipe, with_compute(recipe, measured_data), target)
     return target / CARD_FILE
+
+
+def write_card(recipe: dict[str, Any], data: dict[str, Any], folder: Path) -> None:
+    """card.json (the figures) and MODEL_CARD.md (the recipe's texts around them) in the bundle folder."""
+    _write_json(folder / CARD_DATA_FILE, data)
+    (folder / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
 
 
 def build_card(
@@ -577,8 +581,7 @@ def build_card(
     with staged(target, overwrite=True) as staging:
         shutil.copytree(work / recipe["name"], staging, dirs_exist_ok=True)
         data = with_compute(recipe, measured(recipe, work, staging, threads, key))
-        _write_json(staging / CARD_DATA_FILE, data)
-        (staging / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
+        write_card(recipe, data, staging)
         manifest_path = staging / "bundle.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         manifest.update(language=recipe.get("language"), card=headline(data))
