@@ -109,6 +109,33 @@ def test_each_card_is_its_recipe_rendered_with_its_measured_figures(
     assert (shipped(name) / "MODEL_CARD.md").read_text(encoding="utf-8") == render(recipe, data)
 
 
+def test_a_card_that_fails_to_render_leaves_the_card_and_its_figures_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`write_card` renders before it writes: figures the texts cannot render (here, no pretraining
+    figures) raise, and card.json and MODEL_CARD.md keep their old contents, with no temporary left."""
+    from training.card import render, write_card
+    from training.recipe import load_recipe
+
+    monkeypatch.chdir(BUNDLES.parent)
+    recipe = load_recipe("recipes/ko-nsmc.toml")
+    for name in ("card.json", "MODEL_CARD.md"):
+        (tmp_path / name).write_bytes((shipped("ko-nsmc") / name).read_bytes())
+    data = json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+
+    with pytest.raises(KeyError):
+        write_card(recipe, {k: v for k, v in data.items() if k != "pretraining"}, tmp_path)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+    data["finetune"]["runs"] = 7  # a change that reaches both files
+    write_card(recipe, data, tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["MODEL_CARD.md", "card.json"]
+    assert json.loads((tmp_path / "card.json").read_text(encoding="utf-8")) == data
+    assert (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8") == render(recipe, data)
+    assert (tmp_path / "MODEL_CARD.md").read_bytes() != before["MODEL_CARD.md"]
+
+
 def test_all_shipped_bundles_together_fit_in_30_mb() -> None:
     total = sum(f.stat().st_size for f in BUNDLES.rglob("*") if f.is_file())
     assert total <= 30e6, f"bundles/ holds {total / 1e6:.1f} MB"

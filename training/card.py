@@ -11,6 +11,7 @@ and renders the card in Hugging Face's model-card form (YAML front matter with a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -567,9 +568,25 @@ def render_from_bundle(recipe: dict[str, Any], target: Path) -> Path:
 
 
 def write_card(recipe: dict[str, Any], data: dict[str, Any], folder: Path) -> None:
-    """card.json (the figures) and MODEL_CARD.md (the recipe's texts around them) in the bundle folder."""
-    _write_json(folder / CARD_DATA_FILE, data)
-    (folder / CARD_FILE).write_text(render(recipe, data), encoding="utf-8")
+    """card.json (the figures) and MODEL_CARD.md (the recipe's texts around them) in the bundle folder.
+
+    The card is rendered before anything is written, and both files go through temporary files renamed
+    into place one after the other: a recipe text that fails to render leaves the old pair untouched."""
+    contents = {
+        CARD_DATA_FILE: json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+        CARD_FILE: render(recipe, data),
+    }
+    temporaries = {}
+    try:
+        for name, text in contents.items():
+            temporaries[name] = folder / f".{name}.tmp-{os.getpid()}"
+            temporaries[name].write_text(text, encoding="utf-8")
+            os.chmod(temporaries[name], 0o644)
+        for name, tmp in temporaries.items():
+            os.replace(tmp, folder / name)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def build_card(
