@@ -210,6 +210,52 @@ def test_readme_shows_what_the_shipped_models_answer() -> None:
             assert_close(shown, response.json(), f"{path} {body}")
 
 
+def readme_python_examples() -> list[tuple[str, str]]:
+    """The README's in-process examples on a shipped bundle: each call and the answer its comment shows.
+
+    A call's answer is on the comment lines that follow it, or else in the comment on its own line (which
+    otherwise only says what the call does); one that starts with `results:` shows the `results` of the
+    pipeline's answer. Comments that are not a Python literal (a shape such as `[layer][head][T][T]`) are
+    not answers, and the test leaves them out."""
+    readme = (BUNDLES.parent / "README.md").read_text(encoding="utf-8")
+    examples = []
+    for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S):
+        if "bundles/ko-nsmc" not in block:
+            continue
+        calls: list[tuple[str, str, list[str]]] = []  # code, its own line's comment, the lines after it
+        for line in block.splitlines():
+            code, _, comment = line.partition("#")
+            if code.strip():
+                calls.append((code.strip(), comment.strip(), []))
+            elif comment.strip() and calls:
+                calls[-1][2].append(comment.strip())
+        examples += [(code, " ".join(after) or inline) for code, inline, after in calls]
+    return examples
+
+
+def test_readme_in_process_examples_show_what_the_shipped_model_answers() -> None:
+    """The engine and pipeline examples in the README run, and answer what their comments show."""
+    import ast
+
+    namespace: dict[str, object] = {}
+    checked = 0
+    for code, comment in readme_python_examples():
+        if "=" in code.split("(", 1)[0] or code.startswith(("from ", "import ")):
+            exec(code.replace("bundles/", f"{BUNDLES}/"), namespace)  # the imports and the loads
+            continue
+        served = eval(code, namespace)
+        shown_text = comment.removeprefix("results:").strip()
+        try:
+            shown = ast.literal_eval(shown_text)
+        except (ValueError, SyntaxError):
+            continue  # a comment that describes the answer's shape, not its values
+        if comment.startswith("results:"):
+            served = served["results"]
+        assert_close(shown, served, code)
+        checked += 1
+    assert checked == 6  # the engine's fill_mask, next_sentence, classify; the pipeline's three
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_readme_tables_show_the_cards_figures(name: str) -> None:
     """The README's table for each shipped model holds its card's figures: mean ± std over seeds, the
