@@ -421,6 +421,83 @@ def test_a_new_dev_split_reruns_fine_tuning_but_not_pretraining_on_indomain_file
     assert rows["indomain-text"] != sentences["indomain-text"] and rows["prepare"] == sentences["prepare"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "folders"),
+    [
+        ("", ["data", "indomain-data"]),
+        ("indomain = false\n", ["data"]),
+        ('indomain = "only"\n', ["indomain-data"]),
+    ],
+)
+def test_continued_pretraining_reads_the_data_its_indomain_setting_names(
+    tmp_path: Path, setting: str, folders: list[str]
+) -> None:
+    """[adapt] continues on the corpus mixed with the in-domain text by default, on the corpus alone with
+    `indomain = false`, and on the in-domain text alone with `indomain = "only"` (task-adaptive
+    pretraining); the setting is part of the stage's fingerprint."""
+    write_data(tmp_path)
+    text = write_recipe(tmp_path).read_text(encoding="utf-8").replace("[adapt]\n", f"[adapt]\n{setting}")
+    (tmp_path / "variant.toml").write_text(text, encoding="utf-8")
+    runner = Runner(load_recipe(tmp_path / "variant.toml"), tmp_path / "work", 1)
+    commands: list[tuple[str, ...]] = []
+    runner.command = lambda *argv: commands.append(argv)  # type: ignore[method-assign]
+    adapt = next(stage for stage in runner.stages if stage.name == "adapt")
+    adapt.run()
+    (argv,) = commands
+    data = list(argv[argv.index("--data") + 1 : argv.index("--out")])
+    assert argv[0] == "pretrain" and data == [str(tmp_path / "work" / name) for name in folders]
+    default = next(
+        s
+        for s in Runner(load_recipe(write_recipe(tmp_path)), tmp_path / "work", 1).stages
+        if s.name == "adapt"
+    )
+    assert (adapt.fingerprint == default.fingerprint) == (setting == "")
+
+
+@pytest.mark.parametrize(
+    ("indomain", "says"),
+    [
+        (
+            True,
+            "on the corpus mixed with the in-domain text: 3.3M more tokens; validation MLM 33.1%, NSP 82.6% "
+            "on the same held-out articles.",
+        ),
+        (
+            "only",
+            "on the in-domain text alone (task-adaptive, Gururangan et al. 2020): 3.3M more tokens; "
+            "validation MLM 33.1%, NSP 82.6% on held-out in-domain texts.",
+        ),
+    ],
+)
+def test_the_card_says_what_the_continued_pretraining_read(indomain: bool | str, says: str) -> None:
+    from training.card import render
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / "recipes" / "ko-nsmc.toml")
+    data = json.loads((root / "bundles" / "ko-nsmc" / "card.json").read_text(encoding="utf-8"))
+    data["adapt"] = {
+        "indomain": indomain,
+        "valid": {"mlm_acc": 0.331, "nsp_acc": 0.826},
+        "tokens_seen": 3.3e6,
+    }
+    assert f"Continued pretraining {says}" in render(recipe, data)
+
+
+def test_an_indomain_setting_other_than_true_false_or_only_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_data(tmp_path)
+    text = write_recipe(tmp_path).read_text(encoding="utf-8")
+    for value, shown in (('"yes"', "'yes'"), ("1", "1")):
+        (tmp_path / "bad.toml").write_text(text.replace("[adapt]\n", f"[adapt]\nindomain = {value}\n"))
+        assert main(["recipe", str(tmp_path / "bad.toml"), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f'[adapt] has indomain {shown}; it must be true, false or "only"' in err
+            and "Traceback" not in err
+        )
+
+
 def test_the_study_start_is_recovered_from_the_head_start(tmp_path: Path, tiny_pretrain_run: Path) -> None:
     """A run that adopted its head start and moved on without keeping step-N.pt: the study's arms start
     from the head start's weights (it stopped at step N); any other step is a one-line error."""

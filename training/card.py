@@ -125,8 +125,9 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
     tokenizer_rows = [vars(r) for r in compare(tokenizers, texts, limit=20_000)]
 
     pretrain_runs = [("pretraining", work / "pretrain")]
+    adapt_indomain = recipe.get("adapt", {}).get("indomain", True)
     if (work / "adapt").is_dir():
-        pretrain_runs.append(("continued (corpus + in-domain)", work / "adapt"))
+        pretrain_runs.append((f"continued ({ADAPT_DATA[adapt_indomain]})", work / "adapt"))
     training_curves(
         pretrain_runs,
         [("pretrained", work / "finetune"), ("scratch", work / "finetune-scratch")],
@@ -146,6 +147,7 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
         },
         "adapt": (
             {
+                "indomain": adapt_indomain,
                 "valid": load_model(work / "adapt" / "model.pt")[1].get("valid"),
                 **training_hours(work / "adapt"),
             }
@@ -189,6 +191,14 @@ def measured(
             _write_json(folder / CARD_DATA_FILE, data)
             _write_json(folder / "key.json", {"key": key, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return data
+
+
+# what the continued pretraining read, by its recipe's `[adapt] indomain` setting
+ADAPT_DATA = {
+    True: "the corpus mixed with the in-domain text",
+    False: "the corpus",
+    "only": "the in-domain text alone",
+}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -370,11 +380,13 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
     ]
     if data.get("adapt"):
         a = data["adapt"]
+        only = a.get("indomain", True) == "only"
         out += [
-            f"Continued pretraining on the corpus mixed with the task's training texts: "
+            f"Continued pretraining on {ADAPT_DATA[a.get('indomain', True)]}"
+            f"{' (task-adaptive, Gururangan et al. 2020)' if only else ''}: "
             f"{a['tokens_seen'] / 1e6:.1f}M more tokens; validation MLM "
             f"{_pct((a['valid'] or {}).get('mlm_acc'))}%, NSP {_pct((a['valid'] or {}).get('nsp_acc'))}% "
-            "on the same held-out articles.",
+            f"on {'held-out in-domain texts' if only else 'the same held-out articles'}.",
             "",
         ]
     out += [

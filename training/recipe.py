@@ -531,9 +531,22 @@ class Runner:
         vocab_size = self.recipe["tokenizer"]["vocab_size"]
         return BertConfig(vocab_size=vocab_size, **self.recipe["pretrain"].get("config", {}))
 
+    def continued_data(self, indomain: bool | str, where: str) -> list[Path]:
+        """The data folders a continued pretraining reads, by its `indomain` setting: false the corpus,
+        true the corpus and the in-domain text, "only" the in-domain text alone (task-adaptive
+        pretraining, Gururangan et al. 2020; its validation figures are then on held-out in-domain text)."""
+        if indomain is False:
+            return [self.data_dir]
+        if indomain is True:
+            return [self.data_dir, self.indomain_dir]
+        if indomain == "only":
+            return [self.indomain_dir]
+        raise CLIError(f'{where} has indomain {indomain!r}; it must be true, false or "only"')
+
     def _add_adapt(self) -> None:
         adapt = self.recipe["adapt"]
         out = self.path("adapt")
+        data = self.continued_data(adapt.get("indomain", True), "[adapt]")
         tokens = (
             adapt["steps"] * adapt["batch_size"] * adapt.get("grad_accum", 1) * 80
         )  # short reviews mixed in
@@ -545,7 +558,7 @@ class Runner:
                 lambda: self.command(
                     "pretrain",
                     *flags(
-                        data=[self.data_dir, self.indomain_dir],
+                        data=data,
                         out=out,
                         init=self.path("pretrain", "model.pt"),
                         resume=True,
@@ -565,6 +578,10 @@ class Runner:
         init = self.path("pretrain", f"step-{st['init_step']}.pt")
         folder, probe = self.path("study"), st["probe"]
         start = st.get("init_name", "start")  # the probe of the arms' common starting point
+        arm_data = {
+            a["name"]: self.continued_data(a.get("indomain", False), f"[study.arm] {a['name']}")
+            for a in st["arm"]
+        }
 
         def run_probe(name: str, weights: str | Path, lr: float | str | None = None) -> None:
             if not (folder / f"probe-{name}" / "results.json").is_file():
@@ -594,9 +611,7 @@ class Runner:
             run_probe(start, init)
             for arm in st["arm"]:
                 steps = arm.get("steps", st["steps"])
-                data = {"only": [self.indomain_dir], True: [self.data_dir, self.indomain_dir]}.get(
-                    arm.get("indomain"), [self.data_dir]
-                )
+                data = arm_data[arm["name"]]
                 if checkpoint_step(folder / arm["name"]) < steps:
                     self.command(
                         "pretrain",
