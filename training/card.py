@@ -28,6 +28,12 @@ FIGURES = ("training_curves.png", "attention.png")
 # a card whose texts alone changed is rendered again in seconds instead of re-scoring every test set.
 MEASURED_DIR = "card-measured"
 MEASURE_VERSION = 1  # raise when measure() changes what it measures, so that no cached figure outlives it
+# what the continued pretraining (the recipe's [adapt] stage) read, by its `indomain` setting
+ADAPT_DATA: dict[bool | str, str] = {
+    True: "the corpus mixed with the in-domain text",
+    False: "the corpus",
+    "only": "the in-domain text alone",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,14 +197,6 @@ def measured(
             _write_json(folder / CARD_DATA_FILE, data)
             _write_json(folder / "key.json", {"key": key, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return data
-
-
-# what the continued pretraining read, by its recipe's `[adapt] indomain` setting
-ADAPT_DATA = {
-    True: "the corpus mixed with the in-domain text",
-    False: "the corpus",
-    "only": "the in-domain text alone",
-}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -588,7 +586,7 @@ def write_card(recipe: dict[str, Any], data: dict[str, Any], folder: Path) -> No
         CARD_DATA_FILE: json.dumps(data, indent=2, ensure_ascii=False) + "\n",
         CARD_FILE: render(recipe, data),
     }
-    temporaries = {}
+    temporaries: dict[str, Path] = {}
     try:
         for name, text in contents.items():
             temporaries[name] = folder / f".{name}.tmp-{os.getpid()}"
