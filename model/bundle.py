@@ -143,15 +143,24 @@ def bundle_tasks(info: dict[str, Any]) -> list[str]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to path through a temporary file in the same folder, so a reader never sees half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    write_texts_atomic({path: json.dumps(data, indent=2, ensure_ascii=False) + "\n"})
+
+
+def write_texts_atomic(texts: dict[Path, str]) -> None:
+    """Write each text to its path through a temporary file beside it, and rename them into place only once
+    every one is written: a failure while writing leaves every path as it was, and no reader sees half."""
+    temporaries: dict[Path, str] = {}
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, text in texts.items():
+            fd, temporaries[path] = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(temporaries[path], 0o644)
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries.values():
+            Path(tmp).unlink(missing_ok=True)
 
 
 # --- reference self-test ------------------------------------------------------------------------------

@@ -11,13 +11,12 @@ and renders the card in Hugging Face's model-card form (YAML front matter with a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from model.bundle import graphs_bytes
+from model.bundle import graphs_bytes, write_texts_atomic
 from training.errors import CLIError
 from training.publish import staged
 
@@ -378,9 +377,10 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
     ]
     if data.get("adapt"):
         a = data["adapt"]
-        only = a.get("indomain", True) == "only"
+        indomain = a.get("indomain", True)  # cards measured before the setting existed: the mix
+        only = indomain == "only"
         out += [
-            f"Continued pretraining on {ADAPT_DATA[a.get('indomain', True)]}"
+            f"Continued pretraining on {ADAPT_DATA[indomain]}"
             f"{' (task-adaptive, Gururangan et al. 2020)' if only else ''}: "
             f"{a['tokens_seen'] / 1e6:.1f}M more tokens; validation MLM "
             f"{_pct((a['valid'] or {}).get('mlm_acc'))}%, NSP {_pct((a['valid'] or {}).get('nsp_acc'))}% "
@@ -582,21 +582,12 @@ def write_card(recipe: dict[str, Any], data: dict[str, Any], folder: Path) -> No
 
     The card is rendered before anything is written, and both files go through temporary files renamed
     into place one after the other: a recipe text that fails to render leaves the old pair untouched."""
-    contents = {
-        CARD_DATA_FILE: json.dumps(data, indent=2, ensure_ascii=False) + "\n",
-        CARD_FILE: render(recipe, data),
-    }
-    temporaries: dict[str, Path] = {}
-    try:
-        for name, text in contents.items():
-            temporaries[name] = folder / f".{name}.tmp-{os.getpid()}"
-            temporaries[name].write_text(text, encoding="utf-8")
-            os.chmod(temporaries[name], 0o644)
-        for name, tmp in temporaries.items():
-            os.replace(tmp, folder / name)
-    finally:
-        for tmp in temporaries.values():
-            tmp.unlink(missing_ok=True)
+    write_texts_atomic(
+        {
+            folder / CARD_DATA_FILE: json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+            folder / CARD_FILE: render(recipe, data),
+        }
+    )
 
 
 def build_card(
