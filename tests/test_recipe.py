@@ -483,6 +483,31 @@ def test_the_card_says_what_the_continued_pretraining_read(indomain: bool | str,
     assert f"Continued pretraining {says}" in render(recipe, data)
 
 
+@pytest.mark.parametrize(
+    ("pretrained_from", "says"),
+    [
+        ("pretrain", "the fill-mask and next-sentence graphs keep the pretrained ones measured above"),
+        ("adapt", "The fill-mask and next-sentence graphs carry these adapted weights."),
+    ],
+)
+def test_the_card_says_which_weights_answer_fill_mask_after_continued_pretraining(
+    pretrained_from: str, says: str
+) -> None:
+    """Export builds the classifier from the adapted encoder but the fill-mask / next-sentence graphs
+    from `[export] pretrained_from`: a reader of the card must not have to guess which."""
+    from training.card import render
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / "recipes" / "ko-nsmc.toml")
+    data = json.loads((root / "bundles" / "ko-nsmc" / "card.json").read_text(encoding="utf-8"))
+    data["pretraining"]["from"] = pretrained_from
+    data["adapt"] = {"indomain": "only", "valid": {"mlm_acc": 0.331, "nsp_acc": 0.826}, "tokens_seen": 3.3e6}
+    text = render(recipe, data)
+    assert says in text
+    data["adapt"] = None
+    assert "fill-mask and next-sentence graphs" not in render(recipe, data)
+
+
 def test_an_indomain_setting_other_than_true_false_or_only_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -220,6 +220,16 @@ def _extra_test(engine, test: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # rendering
 # --------------------------------------------------------------------------------------------------
+def _adapt_graphs_sentence(pretrained_from: str) -> str:
+    """Which weights answer fill-mask and next-sentence once an [adapt] stage ran: export's choice."""
+    if pretrained_from == "adapt":
+        return "The fill-mask and next-sentence graphs carry these adapted weights."
+    return (
+        "The classifier is fine-tuned from these adapted weights; the fill-mask and next-sentence graphs "
+        'keep the pretrained ones measured above (`[export] pretrained_from = "adapt"` ships the adapted).'
+    )
+
+
 def _pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}"
 
@@ -384,7 +394,8 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             f"{' (task-adaptive, Gururangan et al. 2020)' if only else ''}: "
             f"{a['tokens_seen'] / 1e6:.1f}M more tokens; validation MLM "
             f"{_pct((a['valid'] or {}).get('mlm_acc'))}%, NSP {_pct((a['valid'] or {}).get('nsp_acc'))}% "
-            f"on {'held-out in-domain texts' if only else 'the same held-out articles'}.",
+            f"on {'held-out in-domain texts' if only else 'the same held-out articles'}. "
+            + _adapt_graphs_sentence(pre.get("from", "pretrain")),
             "",
         ]
     out += [
