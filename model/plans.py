@@ -159,8 +159,8 @@ def cache_dir() -> Path:
     return Path(base) / "pocketbert"
 
 
-def cpu_signature() -> str:
-    """The CPU as its kernels see it: vendor model name, family/model and the instruction sets that matter."""
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first CPU's lines of /proc/cpuinfo that describe it (empty where there is no such file)."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -171,6 +171,18 @@ def cpu_signature() -> str:
                 and key not in fields
             ):
                 fields[key] = value.strip()
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    """The instruction sets the CPU reports (x86 `flags`, Arm `Features`); empty where unknown."""
+    fields = _cpuinfo_fields()
+    return set((fields.get("flags", "") + " " + fields.get("Features", "")).split())
+
+
+def cpu_signature() -> str:
+    """The CPU as its kernels see it: vendor model name, family/model and the instruction sets that matter."""
+    fields = _cpuinfo_fields()
     flags = set((fields.pop("flags", "") + " " + fields.pop("Features", "")).split())
     described = " / ".join(fields.values()) or platform.processor() or "unknown"
     return f"{platform.machine()} {described} [{' '.join(f for f in ISA_FLAGS if f in flags)}]"

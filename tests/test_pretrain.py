@@ -314,6 +314,38 @@ def test_bf16_autocast_runs(prepared: Path, tmp_path: Path) -> None:
     assert main(pretrain_args(prepared, tmp_path / "bf16", "--steps", "2", "--precision", "bf16")) == 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "fma"}, None),
+        ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16),
+        ({"amx_bf16"}, torch.bfloat16),
+    ],
+)
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], expected: torch.dtype | None
+) -> None:
+    """bf16 autocast doubles the tokens per second on AVX512-BF16 cores and is emulated, slower than
+    fp32, on AVX2 ones: a recipe that says `precision = "auto"` must get fp32 on the second kind."""
+    from model import plans
+    from training.runtime import autocast_dtype
+
+    monkeypatch.setattr(plans, "cpu_flags", lambda: flags)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == expected
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_auto_precision_says_what_it_chose(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from model import plans
+
+    monkeypatch.setattr(plans, "cpu_flags", lambda: {"avx2"})
+    assert main(pretrain_args(prepared, tmp_path / "auto", "--steps", "1", "--precision", "auto")) == 0
+    assert "precision: auto -> fp32 (no native bf16 here) on cpu" in capsys.readouterr().out
+
+
 def test_whole_word_masking_uses_the_datas_tokenizer(
     prepared: Path, tmp_path: Path, tiny_corpus: Path, capsys: pytest.CaptureFixture
 ) -> None:

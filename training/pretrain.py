@@ -41,6 +41,7 @@ from training.plot import plot_run
 from training.runtime import (
     Runtime,
     StopSignal,
+    autocast_dtype,
     derived_generator,
     rng_state,
     seed_everything,
@@ -332,7 +333,10 @@ class Trainer:
         if runtime.distributed:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
-        self.autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
+        self.autocast_dtype = autocast_dtype(args.precision, runtime.device)
+        if runtime.is_main and args.precision != "fp32":
+            used = "bf16 autocast" if self.autocast_dtype is not None else "fp32 (no native bf16 here)"
+            print(f"precision: {args.precision} -> {used} on {runtime.device.type}")
         self.heap = HeapTrimmer()
         self.word_starts = self._word_start_table() if args.whole_word_mask else None  # (V,) bool
         self.metrics = MetricsLog(self.out, enabled=runtime.is_main)

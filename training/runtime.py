@@ -36,6 +36,28 @@ class Runtime:
         return self.rank == 0
 
 
+# CPU instruction sets with native bf16 matrix products: there bf16 autocast pays (about 2x the tokens
+# per second of fp32 for this model on 2 AVX512-BF16 cores, `bench/train_step.py --variants`); without
+# them it is emulated and slower than fp32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype matrix products run in: None (fp32), or bfloat16 for 'bf16', and for 'auto' where the
+    hardware computes it natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        from model.plans import cpu_flags
+
+        return torch.bfloat16 if cpu_flags() & set(BF16_CPU_FLAGS) else None
+    return None
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' takes the GPU when there is one; 'cpu' / 'cuda' / 'mps' are taken as asked."""
     if name == "auto":
