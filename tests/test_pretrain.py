@@ -325,8 +325,8 @@ def test_bf16_autocast_runs(prepared: Path, tmp_path: Path) -> None:
 def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it_natively(
     monkeypatch: pytest.MonkeyPatch, flags: set[str], expected: torch.dtype | None
 ) -> None:
-    """bf16 autocast doubles the tokens per second on AVX512-BF16 cores and is emulated, slower than
-    fp32, on AVX2 ones: a recipe that says `precision = "auto"` must get fp32 on the second kind."""
+    """bf16 autocast doubles the tokens per second on AVX512-BF16 cores; AVX2 ones convert bf16 in
+    software: a recipe that says `precision = "auto"` must keep fp32 on the second kind."""
     from model import plans
     from training.runtime import autocast_dtype
 

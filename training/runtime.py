@@ -38,7 +38,7 @@ class Runtime:
 
 # CPU instruction sets with native bf16 matrix products: there bf16 autocast pays (about 2x the tokens
 # per second of fp32 for this model on 2 AVX512-BF16 cores, `bench/train_step.py --variants`); without
-# them it is emulated and slower than fp32.
+# them bf16 is converted in software, a gain nobody measured, so `auto` keeps fp32 there.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
