@@ -508,6 +508,65 @@ def test_the_card_says_which_weights_answer_fill_mask_after_continued_pretrainin
     assert "fill-mask and next-sentence graphs" not in render(recipe, data)
 
 
+def test_the_card_compares_each_target_with_what_the_model_reached() -> None:
+    """Targets come from the recipe, reached values from the measured figures: a missed one says by how
+    much, a met one says so, and one the card has no figure for says that instead of guessing."""
+    from training.card import target_lines
+
+    data = {
+        "finetune": {"test_acc_mean": 0.8624, "test_acc_std": 0.0004, "failed_runs": 0},
+        "scratch": {"test_acc_mean": 0.8314},
+        "pretraining": {"valid": {"mlm_acc": 0.406, "nsp_acc": 0.926}},
+    }
+    targets = {"test_mean": 87.0, "test_std": 0.5, "failed_runs": 0, "over_scratch": 2.0, "mlm_acc": 42.0}
+    rows = target_lines(targets, data, "nsmc")[4:-1]
+    assert rows == [
+        "| nsmc test accuracy, mean over seeds: at least 87 | 86.24 | missed by 0.76 |",
+        "| nsmc test accuracy, std over seeds: at most 0.5 | 0.04 | met |",
+        "| failed fine-tuning runs: at most 0 | 0 | met |",
+        "| points over the same recipe without pretraining: at least 2 | 3.10 | met |",
+        "| validation MLM accuracy: at least 42 | 40.60 | missed by 1.40 |",
+    ]
+    del data["scratch"]
+    assert target_lines({"over_scratch": 2.0}, data, "nsmc")[4] == (
+        "| points over the same recipe without pretraining: at least 2 | - | not measured |"
+    )
+    assert target_lines({}, data, "nsmc") == []
+
+
+def test_the_shipped_cards_show_their_recipes_targets() -> None:
+    root = Path(__file__).resolve().parents[1]
+    for name in ("ko-nsmc", "en-sst2"):
+        recipe = load_recipe(root / "recipes" / f"{name}.toml")
+        card = (root / "bundles" / name / "MODEL_CARD.md").read_text(encoding="utf-8")
+        assert recipe["card"]["targets"], name
+        assert "Against the targets set for this model:" in card, name
+        for target in recipe["card"]["targets"]:
+            assert f": at least {recipe['card']['targets'][target]:g} |" in card or (
+                f": at most {recipe['card']['targets'][target]:g} |" in card
+            ), (name, target)
+
+
+@pytest.mark.parametrize(
+    ("targets", "says"),
+    [
+        ("{ test_man = 87.0 }", "[card] targets has 'test_man'; the known targets are test_mean, "),
+        ('{ test_mean = "87" }', "[card] targets.test_mean is '87'; it must be a number"),
+        ("87.0", "[card] targets must be a table"),
+    ],
+)
+def test_a_misspelt_or_non_numeric_target_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, targets: str, says: str
+) -> None:
+    write_data(tmp_path)
+    text = write_recipe(tmp_path).read_text(encoding="utf-8")
+    assert "[card]\n" in text
+    (tmp_path / "bad.toml").write_text(text.replace("[card]\n", f"[card]\ntargets = {targets}\n"))
+    assert main(["recipe", str(tmp_path / "bad.toml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
 def test_an_indomain_setting_other_than_true_false_or_only_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

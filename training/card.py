@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,67 @@ ADAPT_DATA: dict[bool | str, str] = {
     False: "the corpus",
     "only": "the in-domain text alone",
 }
+
+
+# The targets a recipe's [card] may set (`targets = { test_mean = 87.0, ... }`, in points / percent), each
+# compared on the card with what the model reached: (what it says, "min" or "max", the reached value).
+TARGETS: dict[str, tuple[str, str, Callable[[dict[str, Any]], float | None]]] = {
+    "test_mean": ("test accuracy, mean over seeds", "min", lambda d: _points(d, "finetune", "test_acc_mean")),
+    "test_std": ("test accuracy, std over seeds", "max", lambda d: _points(d, "finetune", "test_acc_std")),
+    "failed_runs": ("failed fine-tuning runs", "max", lambda d: (d.get("finetune") or {}).get("failed_runs")),
+    "over_scratch": (
+        "points over the same recipe without pretraining",
+        "min",
+        lambda d: (
+            None
+            if _points(d, "scratch", "test_acc_mean") is None
+            else _points(d, "finetune", "test_acc_mean") - _points(d, "scratch", "test_acc_mean")
+        ),
+    ),
+    "mlm_acc": ("validation MLM accuracy", "min", lambda d: _points(d, "pretraining", "valid", "mlm_acc")),
+    "nsp_acc": ("validation NSP accuracy", "min", lambda d: _points(d, "pretraining", "valid", "nsp_acc")),
+}
+
+
+def _points(data: dict[str, Any], *keys: str) -> float | None:
+    """data[k1][k2]... as percent (a fraction times 100), None where a level is missing."""
+    value: Any = data
+    for key in keys:
+        value = (value or {}).get(key)
+    return None if value is None else 100 * value
+
+
+def check_targets(where: str, targets: Any) -> None:
+    """A [card] targets table names known targets with numbers: a typo is an error, not a silent row."""
+    if not isinstance(targets, dict):
+        raise CLIError(f"{where}: [card] targets must be a table, e.g. {{ test_mean = 87.0 }}")
+    for name, value in targets.items():
+        if name not in TARGETS:
+            raise CLIError(
+                f"{where}: [card] targets has {name!r}; the known targets are {', '.join(TARGETS)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CLIError(f"{where}: [card] targets.{name} is {value!r}; it must be a number")
+
+
+def target_lines(targets: dict[str, float], data: dict[str, Any], task_name: str) -> list[str]:
+    """The card's table of targets against what the model reached, with the shortfall of each missed one."""
+    if not targets:
+        return []
+    out = ["Against the targets set for this model:", "", "| target | reached | |", "|---|---|---|"]
+    for name, goal in targets.items():
+        label, kind, reach = TARGETS[name]
+        reached = reach(data)
+        sign = "at least" if kind == "min" else "at most"
+        if reached is None:
+            verdict, shown = "not measured", "-"
+        else:
+            short = goal - reached if kind == "min" else reached - goal
+            verdict = "met" if short <= 0 else f"missed by {short:.2f}"
+            shown = f"{reached:.2f}" if name != "failed_runs" else f"{reached:.0f}"
+        label = label.replace("test accuracy", f"{task_name} test accuracy")
+        out.append(f"| {label}: {sign} {goal:g} | {shown} | {verdict} |")
+    return out + [""]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,6 +430,7 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
             ),
             "",
         ]
+    out += target_lines(card.get("targets", {}), data, task["name"])
     if card.get("gap_text"):  # the recipe's reading of the results: what would move them
         out += [card["gap_text"].strip(), ""]
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import BertConfig
-from training.card import MEASURE_VERSION, build_card, render_from_bundle
+from training.card import MEASURE_VERSION, build_card, check_targets, render_from_bundle
 from training.errors import CLIError
 from training.tokenizer_stats import candidate_dir
 
@@ -102,6 +102,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
             )
     _check_task(path, recipe["task"])
     _check_tokenizer(path, recipe["tokenizer"])
+    check_targets(str(path), recipe.get("card", {}).get("targets", {}))
     recipe["_path"] = str(path)
     return recipe
 
