@@ -514,7 +514,7 @@ def test_the_card_compares_each_target_with_what_the_model_reached() -> None:
     from training.card import target_lines
 
     data = {
-        "finetune": {"test_acc_mean": 0.8624, "test_acc_std": 0.0004, "failed_runs": 0},
+        "finetune": {"test_acc_mean": 0.8624, "test_acc_std": 0.0004, "failed_runs": 0, "runs": 3},
         "scratch": {"test_acc_mean": 0.8314},
         "pretraining": {"valid": {"mlm_acc": 0.406, "nsp_acc": 0.926}},
     }
@@ -527,31 +527,39 @@ def test_the_card_compares_each_target_with_what_the_model_reached() -> None:
         "| points over the same recipe without pretraining: at least 2 | 3.10 | met |",
         "| validation MLM accuracy: at least 42 | 40.60 | missed by 1.40 |",
     ]
-    del data["scratch"]
-    assert target_lines({"over_scratch": 2.0}, data, "nsmc")[4] == (
-        "| points over the same recipe without pretraining: at least 2 | - | not measured |"
-    )
+    data["finetune"] |= {"failed_runs": 1, "runs": 1, "test_acc_std": 0.0}  # one seed: no spread measured
+    assert target_lines({"failed_runs": 0, "test_std": 0.5}, data, "nsmc")[4:-1] == [
+        "| failed fine-tuning runs: at most 0 | 1 | missed by 1 |",
+        "| nsmc test accuracy, std over seeds: at most 0.5 | - | not measured |",
+    ]
+    for missing in ("scratch", "finetune"):  # either side of the difference absent
+        partial = {k: v for k, v in data.items() if k != missing}
+        assert target_lines({"over_scratch": 2.0}, partial, "nsmc")[4] == (
+            "| points over the same recipe without pretraining: at least 2 | - | not measured |"
+        )
     assert target_lines({}, data, "nsmc") == []
 
 
 def test_the_shipped_cards_show_their_recipes_targets() -> None:
+    """Each shipped card holds the targets table its recipe and its own figures (card.json) give."""
+    from training.card import target_lines
+
     root = Path(__file__).resolve().parents[1]
     for name in ("ko-nsmc", "en-sst2"):
         recipe = load_recipe(root / "recipes" / f"{name}.toml")
+        data = json.loads((root / "bundles" / name / "card.json").read_text(encoding="utf-8"))
         card = (root / "bundles" / name / "MODEL_CARD.md").read_text(encoding="utf-8")
-        assert recipe["card"]["targets"], name
-        assert "Against the targets set for this model:" in card, name
-        for target in recipe["card"]["targets"]:
-            assert f": at least {recipe['card']['targets'][target]:g} |" in card or (
-                f": at most {recipe['card']['targets'][target]:g} |" in card
-            ), (name, target)
+        table = target_lines(recipe["card"]["targets"], data, recipe["task"]["name"])
+        assert len(table) == 5 + len(recipe["card"]["targets"]), name
+        assert "\n".join(table) in card, name
 
 
 @pytest.mark.parametrize(
     ("targets", "says"),
     [
         ("{ test_man = 87.0 }", "[card] targets has 'test_man'; the known targets are test_mean, "),
-        ('{ test_mean = "87" }', "[card] targets.test_mean is '87'; it must be a number"),
+        ('{ test_mean = "87" }', "[card] targets.test_mean is '87'; it must be a finite number"),
+        ("{ test_mean = nan }", "[card] targets.test_mean is nan; it must be a finite number"),
         ("87.0", "[card] targets must be a table"),
     ],
 )

@@ -11,9 +11,9 @@ and renders the card in Hugging Face's model-card form (YAML front matter with a
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +36,15 @@ ADAPT_DATA: dict[bool | str, str] = {
 }
 
 
-# The targets a recipe's [card] may set (`targets = { test_mean = 87.0, ... }`, in points / percent), each
-# compared on the card with what the model reached: (what it says, "min" or "max", the reached value).
-TARGETS: dict[str, tuple[str, str, Callable[[dict[str, Any]], float | None]]] = {
-    "test_mean": ("test accuracy, mean over seeds", "min", lambda d: _points(d, "finetune", "test_acc_mean")),
-    "test_std": ("test accuracy, std over seeds", "max", lambda d: _points(d, "finetune", "test_acc_std")),
-    "failed_runs": ("failed fine-tuning runs", "max", lambda d: (d.get("finetune") or {}).get("failed_runs")),
-    "over_scratch": (
-        "points over the same recipe without pretraining",
-        "min",
-        lambda d: (
-            None
-            if _points(d, "scratch", "test_acc_mean") is None
-            else _points(d, "finetune", "test_acc_mean") - _points(d, "scratch", "test_acc_mean")
-        ),
-    ),
-    "mlm_acc": ("validation MLM accuracy", "min", lambda d: _points(d, "pretraining", "valid", "mlm_acc")),
-    "nsp_acc": ("validation NSP accuracy", "min", lambda d: _points(d, "pretraining", "valid", "nsp_acc")),
+# The targets a recipe's [card] may set (`targets = { test_mean = 87.0, ... }`: points and percent, a count
+# for failed_runs), each compared on the card with what the model reached: name -> (label, "min" or "max").
+TARGETS: dict[str, tuple[str, str]] = {
+    "test_mean": ("test accuracy, mean over seeds", "min"),
+    "test_std": ("test accuracy, std over seeds", "max"),
+    "failed_runs": ("failed fine-tuning runs", "max"),
+    "over_scratch": ("points over the same recipe without pretraining", "min"),
+    "mlm_acc": ("validation MLM accuracy", "min"),
+    "nsp_acc": ("validation NSP accuracy", "min"),
 }
 
 
@@ -64,8 +56,24 @@ def _points(data: dict[str, Any], *keys: str) -> float | None:
     return None if value is None else 100 * value
 
 
+def reached(name: str, data: dict[str, Any]) -> float | None:
+    """What the model reached on target `name`; None where the card has no figure for it (a std over
+    fewer than two seeds is no measurement of spread)."""
+    ft = data.get("finetune") or {}
+    if name == "test_mean":
+        return _points(data, "finetune", "test_acc_mean")
+    if name == "test_std":
+        return _points(data, "finetune", "test_acc_std") if ft.get("runs", 0) >= 2 else None
+    if name == "failed_runs":
+        return ft.get("failed_runs")
+    if name == "over_scratch":
+        tuned, scratch = _points(data, "finetune", "test_acc_mean"), _points(data, "scratch", "test_acc_mean")
+        return None if tuned is None or scratch is None else tuned - scratch
+    return _points(data, "pretraining", "valid", name)  # mlm_acc, nsp_acc
+
+
 def check_targets(where: str, targets: Any) -> None:
-    """A [card] targets table names known targets with numbers: a typo is an error, not a silent row."""
+    """A [card] targets table names known targets with finite numbers: a typo is an error, not a row."""
     if not isinstance(targets, dict):
         raise CLIError(f"{where}: [card] targets must be a table, e.g. {{ test_mean = 87.0 }}")
     for name, value in targets.items():
@@ -73,8 +81,8 @@ def check_targets(where: str, targets: Any) -> None:
             raise CLIError(
                 f"{where}: [card] targets has {name!r}; the known targets are {', '.join(TARGETS)}"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise CLIError(f"{where}: [card] targets.{name} is {value!r}; it must be a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CLIError(f"{where}: [card] targets.{name} is {value!r}; it must be a finite number")
 
 
 def target_lines(targets: dict[str, float], data: dict[str, Any], task_name: str) -> list[str]:
@@ -83,17 +91,19 @@ def target_lines(targets: dict[str, float], data: dict[str, Any], task_name: str
         return []
     out = ["Against the targets set for this model:", "", "| target | reached | |", "|---|---|---|"]
     for name, goal in targets.items():
-        label, kind, reach = TARGETS[name]
-        reached = reach(data)
-        sign = "at least" if kind == "min" else "at most"
-        if reached is None:
-            verdict, shown = "not measured", "-"
+        label, kind = TARGETS[name]
+        value = reached(name, data)
+        shown = "-" if value is None else f"{value:.0f}" if name == "failed_runs" else f"{value:.2f}"
+        if value is None:
+            verdict = "not measured"
         else:
-            short = goal - reached if kind == "min" else reached - goal
-            verdict = "met" if short <= 0 else f"missed by {short:.2f}"
-            shown = f"{reached:.2f}" if name != "failed_runs" else f"{reached:.0f}"
+            short = goal - value if kind == "min" else value - goal
+            amount = f"{short:.0f}" if name == "failed_runs" else f"{short:.2f}"
+            verdict = "met" if short <= 0 else f"missed by {amount}"
         label = label.replace("test accuracy", f"{task_name} test accuracy")
-        out.append(f"| {label}: {sign} {goal:g} | {shown} | {verdict} |")
+        out.append(
+            f"| {label}: {'at least' if kind == 'min' else 'at most'} {goal:g} | {shown} | {verdict} |"
+        )
     return out + [""]
 
 
@@ -578,7 +588,7 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
         f"Compute: {data['compute']}. Pretraining {hours:.1f} h of training steps "
         f"({pre.get('tokens_seen', 0) / 1e6:.0f}M tokens"
         + (
-            f" + {(data['adapt'] or {}).get('tokens_seen', 0) / 1e6:.0f}M continued"
+            f" + {(data['adapt'] or {}).get('tokens_seen', 0) / 1e6:.1f}M continued"
             if data.get("adapt")
             else ""
         )

@@ -50,7 +50,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision != "auto":
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     if device.type == "cpu":
         from model.plans import cpu_flags
 
