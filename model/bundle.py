@@ -141,9 +141,14 @@ def bundle_tasks(info: dict[str, Any]) -> list[str]:
     return tasks
 
 
+def json_text(data: Any) -> str:
+    """The project's JSON files as text: indented, Hangul kept readable (not \\uXXXX), newline-ended."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to path through a temporary file in the same folder, so a reader never sees half."""
-    write_texts_atomic({path: json.dumps(data, indent=2, ensure_ascii=False) + "\n"})
+    write_texts_atomic({path: json_text(data)})
 
 
 def write_texts_atomic(texts: dict[Path, str]) -> None:

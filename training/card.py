@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.bundle import graphs_bytes, write_texts_atomic
+from model.bundle import graphs_bytes, json_text, write_texts_atomic
 from training.errors import CLIError
 from training.publish import staged
 
@@ -93,13 +93,12 @@ def target_lines(targets: dict[str, float], data: dict[str, Any], task_name: str
     for name, goal in targets.items():
         label, kind = TARGETS[name]
         value = reached(name, data)
-        shown = "-" if value is None else f"{value:.0f}" if name == "failed_runs" else f"{value:.2f}"
-        if value is None:
-            verdict = "not measured"
-        else:
+        digits = 0 if name == "failed_runs" else 2  # a count, else points and percent
+        shown, verdict = "-", "not measured"
+        if value is not None:
             short = goal - value if kind == "min" else value - goal
-            amount = f"{short:.0f}" if name == "failed_runs" else f"{short:.2f}"
-            verdict = "met" if short <= 0 else f"missed by {amount}"
+            shown = f"{value:.{digits}f}"
+            verdict = "met" if short <= 0 else f"missed by {short:.{digits}f}"
         label = label.replace("test accuracy", f"{task_name} test accuracy")
         out.append(
             f"| {label}: {'at least' if kind == 'min' else 'at most'} {goal:g} | {shown} | {verdict} |"
@@ -271,7 +270,7 @@ def measured(
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json_text(data), encoding="utf-8")
 
 
 def _extra_test(engine, test: dict[str, Any]) -> dict[str, Any]:
@@ -668,7 +667,7 @@ def write_card(recipe: dict[str, Any], data: dict[str, Any], folder: Path) -> No
     into place one after the other: a recipe text that fails to render leaves the old pair untouched."""
     write_texts_atomic(
         {
-            folder / CARD_DATA_FILE: json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+            folder / CARD_DATA_FILE: json_text(data),
             folder / CARD_FILE: render(recipe, data),
         }
     )
@@ -687,6 +686,6 @@ def build_card(
         manifest_path = staging / "bundle.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         manifest.update(language=recipe.get("language"), card=headline(data))
-        manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        manifest_path.write_text(json_text(manifest), encoding="utf-8")
     print(f"wrote {target / CARD_FILE} and its figures; bundle {target}")
     return target / CARD_FILE

@@ -38,6 +38,7 @@ from model.bundle import (
     WEIGHTS_FILE,
     bundle_tasks,
     checksums,
+    json_text,
 )
 from model.checkpoint import load_model
 from model.engine import Engine, detect_language, make_session, write_reference
@@ -322,9 +323,7 @@ def export_bundle(
             {"parity": parity, "int8": int8},
             {"pretrained": str(pretrained), "classifier": str(classifier) if classifier else None},
         )
-        (staging / MANIFEST).write_text(
-            json.dumps(home_as_tilde(info), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        (staging / MANIFEST).write_text(json_text(home_as_tilde(info)), encoding="utf-8")
         # the graphs' outputs on fixed inputs, re-run at every load: a damaged or mismatched file fails
         # loudly instead of answering wrongly
         write_reference(staging)
