@@ -90,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
     fill_run_options(args, resume_state["args"] if resume_state else {})
     _check_args(args)
     runtime = setup(args.device, args.threads)
+    finished = False
     try:
-        return Trainer(args, runtime, resume_state).train()
+        code = Trainer(args, runtime, resume_state).train()
+        finished = True
+        return code
     finally:
-        teardown()
+        teardown(finished)
 
 
 # Options a resumed run cannot change: the saved data position counts batches of this size, drawn in

@@ -91,8 +91,14 @@ def setup(device: str = "auto", threads: int | None = None) -> Runtime:
     return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-def teardown() -> None:
+def teardown(finished: bool = False) -> None:
+    """Leave the process group. A rank that finished its run waits for its peers first: gloo aborts the
+    process ("terminate called without an active exception") when one rank destroys the group while a
+    peer's last messages are still in flight. A rank leaving on an error does not wait (its peers may
+    never arrive)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
