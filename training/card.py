@@ -28,11 +28,12 @@ FIGURES = ("training_curves.png", "attention.png")
 # a card whose texts alone changed is rendered again in seconds instead of re-scoring every test set.
 MEASURED_DIR = "card-measured"
 MEASURE_VERSION = 1  # raise when measure() changes what it measures, so that no cached figure outlives it
-# what the continued pretraining (the recipe's [adapt] stage) read, by its `indomain` setting
-ADAPT_DATA: dict[bool | str, str] = {
-    True: "the corpus mixed with the in-domain text",
-    False: "the corpus",
-    "only": "the in-domain text alone",
+# The `indomain` setting of a continued pretraining (the recipe's [adapt] stage, its [study] arms): the data
+# each value reads (the recipe's prepared corpus, its prepared in-domain text) and how the card names it.
+INDOMAIN_VALUES: dict[bool | str, tuple[tuple[str, ...], str]] = {
+    False: (("corpus",), "the corpus"),
+    True: (("corpus", "indomain"), "the corpus mixed with the in-domain text"),
+    "only": (("indomain",), "the in-domain text alone"),
 }
 
 
@@ -203,7 +204,7 @@ def measure(recipe: dict[str, Any], work: Path, target: Path, threads: int) -> d
     pretrain_runs = [("pretraining", work / "pretrain")]
     adapt_indomain = recipe.get("adapt", {}).get("indomain", True)
     if (work / "adapt").is_dir():
-        pretrain_runs.append((f"continued ({ADAPT_DATA[adapt_indomain]})", work / "adapt"))
+        pretrain_runs.append((f"continued ({INDOMAIN_VALUES[adapt_indomain][1]})", work / "adapt"))
     training_curves(
         pretrain_runs,
         [("pretrained", work / "finetune"), ("scratch", work / "finetune-scratch")],
@@ -462,7 +463,7 @@ def render(recipe: dict[str, Any], data: dict[str, Any]) -> str:
         indomain = a.get("indomain", True)  # cards measured before the setting existed: the mix
         only = indomain == "only"
         out += [
-            f"Continued pretraining on {ADAPT_DATA[indomain]}"
+            f"Continued pretraining on {INDOMAIN_VALUES[indomain][1]}"
             f"{' (task-adaptive, Gururangan et al. 2020)' if only else ''}: "
             f"{a['tokens_seen'] / 1e6:.1f}M more tokens; validation MLM "
             f"{_pct((a['valid'] or {}).get('mlm_acc'))}%, NSP {_pct((a['valid'] or {}).get('nsp_acc'))}% "

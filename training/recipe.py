@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import BertConfig
-from training.card import MEASURE_VERSION, build_card, check_targets, render_from_bundle
+from training.card import INDOMAIN_VALUES, MEASURE_VERSION, build_card, check_targets, render_from_bundle
 from training.errors import CLIError
 from training.tokenizer_stats import candidate_dir
 
@@ -536,13 +536,11 @@ class Runner:
         """The data folders a continued pretraining reads, by its `indomain` setting: false the corpus,
         true the corpus and the in-domain text, "only" the in-domain text alone (task-adaptive
         pretraining, Gururangan et al. 2020; its validation figures are then on held-out in-domain text)."""
-        if indomain is False:
-            return [self.data_dir]
-        if indomain is True:
-            return [self.data_dir, self.indomain_dir]
-        if indomain == "only":
-            return [self.indomain_dir]
-        raise CLIError(f'{where} has indomain {indomain!r}; it must be true, false or "only"')
+        # the type check first: 1 and 0 would find the keys True and False
+        if not isinstance(indomain, bool | str) or indomain not in INDOMAIN_VALUES:
+            raise CLIError(f'{where} has indomain {indomain!r}; it must be true, false or "only"')
+        folders = {"corpus": self.data_dir, "indomain": self.indomain_dir}
+        return [folders[name] for name in INDOMAIN_VALUES[indomain][0]]
 
     def _add_adapt(self) -> None:
         adapt = self.recipe["adapt"]
