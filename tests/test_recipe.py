@@ -646,3 +646,26 @@ def test_each_shipped_recipe_plans_every_stage_and_its_study(
     for stage in ("tokenizer", "prepare", "pretrain", "study", "finetune", "baseline", "export"):
         assert f"\n{stage:<19}run" in plan, plan  # the plan's rows: stage, state, estimate
     assert not (tmp_path / "pocketbert-runs").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(("native_bf16", "speedup"), [(False, 1.0), (True, 2.0)])
+def test_pretraining_estimates_count_bf16_only_where_the_cpu_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool, speedup: float
+) -> None:
+    """`precision = "auto"` pretrains in bf16 only on a CPU with native bf16, at twice fp32's tokens/s: the
+    plan's estimates for pretraining and continued pretraining follow; fp32 sections keep theirs."""
+    from training import recipe as recipe_module
+
+    write_data(tmp_path)
+    fp32 = load_recipe(write_recipe(tmp_path))
+    auto = load_recipe(write_recipe(tmp_path))
+    auto["pretrain"]["precision"] = auto["adapt"]["precision"] = "auto"
+    monkeypatch.setattr(recipe_module, "cpu_has_native_bf16", lambda: native_bf16)
+
+    def estimates(recipe: dict) -> dict[str, float]:
+        runner = Runner(recipe, tmp_path / "work", threads=2)
+        return {name: runner._stage(name).estimate_s for name in ("pretrain", "adapt")}
+
+    plain, fast = estimates(fp32), estimates(auto)
+    assert all(plain[name] > 0 for name in plain)
+    assert fast == pytest.approx({name: seconds / speedup for name, seconds in plain.items()})

@@ -36,12 +36,6 @@ class Runtime:
         return self.rank == 0
 
 
-# CPU instruction sets with native bf16 matrix products: there bf16 autocast pays (about 2x the tokens
-# per second of fp32 for this model on 2 AVX512-BF16 cores, `bench/train_step.py --variants`); without
-# them bf16 is converted in software, a gain nobody measured, so `auto` keeps fp32 there.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The dtype matrix products run in: None (fp32), or bfloat16 for 'bf16', and for 'auto' where the
     hardware computes it natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX)."""
@@ -52,9 +46,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     if device.type == "cpu":
-        from model.plans import cpu_flags
+        from model.plans import cpu_has_native_bf16
 
-        return torch.bfloat16 if cpu_flags() & set(BF16_CPU_FLAGS) else None
+        return torch.bfloat16 if cpu_has_native_bf16() else None  # software bf16 is unmeasured: fp32
     return None
 
 
