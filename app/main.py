@@ -9,6 +9,7 @@ Run it with `pocketbert serve`, or `uvicorn app.main:factory --factory` (the fac
 failure, e.g. a damaged bundle, into one line and exit status 2).
 """
 
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -89,10 +90,21 @@ def factory() -> FastAPI:
     """uvicorn's entry point (`uvicorn app.main:factory --factory`): settings from the environment; a
     start-up failure is one line on stderr and exit status 2, not a traceback."""
     try:
-        return create_app()
+        app = create_app()
     except StartupError as exc:
         print(f"pocketbert: cannot start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    freeze_startup_heap()
+    return app
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up built (the models, the framework, the schema) out of the garbage collector's
+    rounds. A full collection re-scans every tracked object: 30-50 ms with both shipped models loaded, a
+    pause that set the p99 latency under load (`bench/serve.py`, 1 worker, c=32: p99 49-59 ms without,
+    23 ms with). Requests' objects are collected as before."""
+    gc.collect()  # start-up's own garbage first: a frozen object is never collected
+    gc.freeze()
 
 
 def _description(settings: Settings) -> str:
