@@ -174,10 +174,14 @@ def _cpuinfo_fields() -> dict[str, str]:
     return fields
 
 
+def _take_flags(fields: dict[str, str]) -> set[str]:
+    """Remove the instruction-set lines (x86 `flags`, Arm `Features`) from `fields`; return their sets."""
+    return set((fields.pop("flags", "") + " " + fields.pop("Features", "")).split())
+
+
 def cpu_flags() -> set[str]:
-    """The instruction sets the CPU reports (x86 `flags`, Arm `Features`); empty where unknown."""
-    fields = _cpuinfo_fields()
-    return set((fields.get("flags", "") + " " + fields.get("Features", "")).split())
+    """The instruction sets the CPU reports; empty where unknown."""
+    return _take_flags(_cpuinfo_fields())
 
 
 # CPU instruction sets with native bf16 matrix products: there bf16 autocast pays (about 2x the tokens
@@ -194,7 +198,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_signature() -> str:
     """The CPU as its kernels see it: vendor model name, family/model and the instruction sets that matter."""
     fields = _cpuinfo_fields()
-    flags = set((fields.pop("flags", "") + " " + fields.pop("Features", "")).split())
+    flags = _take_flags(fields)  # the rest of fields describes the CPU
     described = " / ".join(fields.values()) or platform.processor() or "unknown"
     return f"{platform.machine()} {described} [{' '.join(f for f in ISA_FLAGS if f in flags)}]"
 
