@@ -4,12 +4,16 @@
     python bench/int8_variants.py --threads 1 --rounds 3
 
 Why: `ratio_b32` (bench/engine.py) is bounded by how fast onnxruntime runs the INT8 graph on this CPU,
-and the export fixes one shape of that graph: every BERT fusion (Attention, SkipLayerNormalization,
-BiasGelu), then dynamic INT8 with signed weights and one scale per tensor. This script builds the
+and the export fixes one shape of that graph: the BERT fusions (Attention, EmbedLayerNormalization,
+BiasGelu; the skip layer norms split back into Add + LayerNormalization), then dynamic INT8 with signed
+weights and one scale per tensor. This script builds the
 alternatives from the same fp32 graph and times them in interleaved rounds beside the shipped shape and
-PyTorch eager, at batch 1 and 32 (length 64, no padding, as bench/engine.py):
+PyTorch eager, at batch 1 and 32 (length 64, no padding, as bench/engine.py), each in a session made
+as the runtime makes them (model/runtime.make_session):
 
 - `shipped`: fused, then INT8 (what `pocketbert export --optimize --quantize int8` writes)
+- `fused_skip_layer_norm`: as shipped, with onnxruntime's SkipLayerNormalization kept (the export's
+  shape before it split them)
 - `no_attention_fusion`: the other fusions, attention left as MatMul / Softmax ops, then INT8
 - `unfused`: INT8 on the plain exported graph
 - `fp32_attention`: fused, only the MatMuls quantized (the Attention op stays fp32)
@@ -31,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType
 
@@ -42,11 +45,20 @@ from engine import add_timing_arguments, measure  # bench/engine.py, beside this
 
 from model.bert import BertForPreTraining, BertForSequenceClassification
 from model.config import BertConfig
+from model.runtime import make_session
 from training import onnx_utils
 
 SEQ_LEN = 64
 BATCHES = (1, 32)
-VARIANTS = ("shipped", "no_attention_fusion", "unfused", "fp32_attention", "uint8_weights", "per_channel")
+VARIANTS = (
+    "shipped",
+    "fused_skip_layer_norm",
+    "no_attention_fusion",
+    "unfused",
+    "fp32_attention",
+    "uint8_weights",
+    "per_channel",
+)
 
 
 def export_fp32(classifier: BertForSequenceClassification, work: Path) -> Path:
@@ -63,10 +75,13 @@ def build_variants(fp32: Path, config: BertConfig, work: Path) -> dict[str, Path
     """Each variant's graph file, all from the same fp32 graph."""
     heads, hidden = config.num_attention_heads, config.hidden_size
     fused, no_attention = work / "fused.onnx", work / "no_attention.onnx"
+    fused_skip = work / "fused_skip_layer_norm.fp32.onnx"
     onnx_utils.optimize(fp32, fused, heads, hidden)
     onnx_utils.optimize(fp32, no_attention, heads, hidden, fuse_attention=False)
+    onnx_utils.optimize(fp32, fused_skip, heads, hidden, split_skip_layer_norm=False)
     recipes = {
         "shipped": (fused, {}),
+        "fused_skip_layer_norm": (fused_skip, {}),
         "no_attention_fusion": (no_attention, {}),
         "unfused": (fp32, {}),
         "fp32_attention": (fused, {"op_types": ["MatMul"]}),
@@ -82,12 +97,6 @@ def build_variants(fp32: Path, config: BertConfig, work: Path) -> dict[str, Path
 
 def op_types(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
-
-
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def feeds_for(batch_size: int, vocab_size: int, input_names: list[str]) -> dict[str, np.ndarray]:
@@ -113,8 +122,8 @@ def main() -> int:
         print("[bench] exporting and building the variants", file=sys.stderr)
         fp32 = export_fp32(classifier, work)
         graphs = build_variants(fp32, config, work)
-        reference = session(fp32, args.threads)
-        sessions = {name: session(path, args.threads) for name, path in graphs.items()}
+        reference = make_session(fp32, args.threads)
+        sessions = {name: make_session(path, args.threads) for name, path in graphs.items()}
         names = [i.name for i in reference.get_inputs()]
         report["attention_op"] = {
             name: sorted(op_types(p) & {"Attention", "QAttention"}) for name, p in graphs.items()

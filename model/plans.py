@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 ENV_PLAN = "POCKETBERT_ENGINE_PLAN"
 ENV_CACHE = "POCKETBERT_CACHE_DIR"
-TUNER_VERSION = 1
+# 2: sessions leave SkipLayerNormFusion out (model/runtime.py DISABLED_FUSIONS): earlier timings are stale
+TUNER_VERSION = 2
 # Instruction sets that change which kernels onnxruntime's MLAS picks (x86 and Arm).
 ISA_FLAGS = (
     "avx",

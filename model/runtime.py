@@ -33,12 +33,17 @@ from model.plans import BANDS, TUNER_VERSION, Band, Plan, candidate_plans, cpu_s
 ROUNDS = 5  # interleaved timing rounds per band; each candidate's best round counts
 BAND_SECONDS = 2.0  # after this long on one band, no further round starts (a loaded machine is slow)
 TUNE_LENGTH = 32  # longest text of a timing batch (tokens); the others spread down to half of it
+# onnxruntime's load-time fusions left out: Add + LayerNormalization would fuse into SkipLayerNormalization,
+# whose CPU kernel is several times slower than the two it replaces (training/onnx_utils.py,
+# unfuse_skip_layer_norm, has the figures). Graphs that still hold the fused op run it as they are.
+DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 
 
 def make_session(
-    path: Path, intra_op_threads: int | None = None, spinning: bool = True
+    path: Path, intra_op_threads: int | None = None, spinning: bool = True, optimized_copy: Path | None = None
 ) -> ort.InferenceSession:
-    """A CPU session; intra_op_threads=None lets onnxruntime use every core."""
+    """A CPU session; intra_op_threads=None lets onnxruntime use every core. optimized_copy: where to
+    write the graph as onnxruntime runs it after its load-time optimizations (inspection, tests)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1  # the graphs are a single chain: parallelism is inside operators
@@ -46,8 +51,12 @@ def make_session(
         options.intra_op_num_threads = intra_op_threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized_copy is not None:
+        options.optimized_model_filepath = str(optimized_copy)
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_FUSIONS)
+        )
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise BundleError(f"bundle {path.parent}: onnxruntime cannot load {path.name} ({exc})") from exc
 

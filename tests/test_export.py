@@ -17,7 +17,7 @@ from model.engine import Engine
 from model.tokenizer import file_sha256
 from training.errors import CLIError
 from training.export import ParityError, export_bundle, random_batches
-from training.onnx_utils import SHARED_MIN_BYTES
+from training.onnx_utils import SHARED_MIN_BYTES, unfuse_skip_layer_norm
 
 BUNDLE_FILES = {
     "bundle.json",
@@ -184,15 +184,17 @@ def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:
         # output_positions): queries and keys differ, a pattern the Attention fusion does not match
         assert fusions["Attention"] == layers - 1
         assert fusions["EmbedLayerNormalization"] == 1
-        assert fusions["SkipLayerNormalization"] == 2 * layers
+        # onnxruntime's SkipLayerNormalization is split back into Add + LayerNormalization (the faster
+        # kernel); the MLM head's own layer norm counts in the pretraining graph
+        assert fusions["LayerNormalization"] == 2 * layers + (name == "pretraining")
         assert fusions["BiasGelu"] >= layers
         assert info["checks"]["parity"]["optimized_fp32"][name] <= 1e-4
         graph = onnx.load(str(out / f"{name}.onnx")).graph
         ops = {node.op_type for node in graph.node}
         # quantize_dynamic turns the fused ops into their INT8 forms and weight MatMuls into MatMulInteger;
         # the MatMuls left are the last layer's scores and context (activation x activation)
-        assert {"QAttention", "QEmbedLayerNormalization", "SkipLayerNormalization", "MatMulInteger"} <= ops
-        assert "Attention" not in ops
+        assert {"QAttention", "QEmbedLayerNormalization", "LayerNormalization", "MatMulInteger"} <= ops
+        assert not {"Attention", "SkipLayerNormalization"} & ops
         weights = {tensor.name for tensor in graph.initializer}
         float_matmuls = [node for node in graph.node if node.op_type == "MatMul"]
         assert len(float_matmuls) == 2 and not any(set(node.input) & weights for node in float_matmuls)
@@ -200,6 +202,67 @@ def test_optimize_fuses_every_bert_pattern(optimized_int8_bundle) -> None:
     # attention.onnx stays unfused (its Softmax outputs are the maps) but its weights are INT8 too
     ops = {node.op_type for node in onnx.load(str(out / "attention.onnx")).graph.node}
     assert "Softmax" in ops and "MatMulInteger" in ops and "Attention" not in ops
+
+
+def skip_layer_norm_graph(with_bias: bool, with_beta: bool, sum_output: bool) -> onnx.ModelProto:
+    """One SkipLayerNormalization (onnxruntime's contrib op) on (batch, seq, 8) inputs; optionally its
+    input + skip + bias sum as a second graph output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    params = {name: rng.standard_normal(8).astype(np.float32) for name in ("gamma", "beta", "bias")}
+    inputs = ["x", "skip", "gamma", "beta" if with_beta else "", "bias" if with_bias else ""]
+    node = helper.make_node(
+        "SkipLayerNormalization",
+        inputs,
+        ["y", "", "", "total"] if sum_output else ["y"],
+        name="ln",
+        domain="com.microsoft",
+        epsilon=1e-5,
+    )
+    shape = ["batch", "seq", 8]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)]
+    if sum_output:
+        outputs.append(helper.make_tensor_value_info("total", TensorProto.FLOAT, shape))
+    graph = helper.make_graph(
+        [node],
+        "skip_ln",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "skip")],
+        outputs,
+        [numpy_helper.from_array(value, name) for name, value in params.items()],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+@pytest.mark.parametrize(
+    "with_bias, with_beta, sum_output", [(True, True, False), (False, True, True), (True, False, True)]
+)
+def test_split_skip_layer_norm_computes_what_the_fused_op_did(
+    tmp_path: Path, with_bias: bool, with_beta: bool, sum_output: bool
+) -> None:
+    from model.runtime import make_session
+
+    fused = skip_layer_norm_graph(with_bias, with_beta, sum_output)
+    split = skip_layer_norm_graph(with_bias, with_beta, sum_output)
+    assert unfuse_skip_layer_norm(split) == 1
+    assert [node.op_type for node in split.graph.node] == ["Add"] * (1 + with_bias) + ["LayerNormalization"]
+    rng = np.random.default_rng(1)
+    feeds = {name: rng.standard_normal((3, 5, 8)).astype(np.float32) * 4 for name in ("x", "skip")}
+    answers = []
+    for name, model in (("fused", fused), ("split", split)):
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        answers.append(make_session(tmp_path / f"{name}.onnx", 1).run(None, feeds))
+    for got, expected in zip(answers[1], answers[0], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(answers[1]) == 1 + sum_output
+
+
+def test_split_skip_layer_norm_refuses_a_node_whose_statistics_are_used() -> None:
+    model = skip_layer_norm_graph(True, True, False)
+    model.graph.node[0].output.append("mean")
+    with pytest.raises(ValueError, match="ln: SkipLayerNormalization's mean"):
+        unfuse_skip_layer_norm(model)
 
 
 def test_int8_checks_are_run_and_recorded(optimized_int8_bundle, tiny_checkpoints, tiny_tokenizer) -> None:

@@ -30,6 +30,26 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def test_sessions_keep_add_and_layer_norm_apart(tmp_path: Path) -> None:
+    """onnxruntime fuses Add + LayerNormalization into SkipLayerNormalization at load unless told not to
+    (the fused op's CPU kernel is the slower one: training/onnx_utils.unfuse_skip_layer_norm)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = ["batch", "seq", 8]
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "skip", "y")]
+    norm = [numpy_helper.from_array(np.full(8, v, dtype=np.float32), n) for n, v in (("g", 1.0), ("b", 0.0))]
+    nodes = [
+        helper.make_node("Add", ["x", "skip"], ["sum"]),
+        helper.make_node("LayerNormalization", ["sum", "g", "b"], ["y"], axis=-1, epsilon=1e-12),
+    ]
+    graph = helper.make_graph(nodes, "add_norm", values[:2], values[2:], norm)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    runtime.make_session(tmp_path / "g.onnx", 1, optimized_copy=tmp_path / "as_run.onnx")
+    as_run = [node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node]
+    assert as_run == ["Add", "LayerNormalization"]
+
+
 def test_a_plan_reads_from_its_setting_and_back() -> None:
     plan = Plan.parse("chunks=2, threads=1")
     assert plan == Plan(threads=1, spinning=True, chunks=2)

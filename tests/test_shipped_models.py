@@ -54,6 +54,23 @@ def bundle(request: pytest.FixtureRequest) -> tuple[str, Engine]:
     return request.param, Engine.load(shipped(request.param), intra_op_threads=1)
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_graphs_keep_their_layer_norms_apart_from_the_residual_adds(name: str) -> None:
+    """The shape `pocketbert export --optimize` writes now (training/onnx_utils.unfuse_skip_layer_norm):
+    no SkipLayerNormalization, whose onnxruntime kernel is the slow one; the manifest counts what is there."""
+    import onnx
+
+    folder = shipped(name)
+    fusions = json.loads((folder / "bundle.json").read_text(encoding="utf-8"))["export"]["fusions"]
+    for graph in ("pretraining", "classifier"):
+        ops = [
+            node.op_type
+            for node in onnx.load(str(folder / f"{graph}.onnx"), load_external_data=False).graph.node
+        ]
+        assert "SkipLayerNormalization" not in ops, graph
+        assert ops.count("LayerNormalization") == fusions[graph]["LayerNormalization"] > 0, graph
+
+
 def test_unambiguous_reviews_get_the_right_label(bundle: tuple[str, Engine]) -> None:
     name, engine = bundle
     for label in ("positive", "negative"):
