@@ -258,10 +258,14 @@ def test_split_skip_layer_norm_computes_what_the_fused_op_did(
     assert len(answers[1]) == 1 + sum_output
 
 
-def test_split_skip_layer_norm_refuses_a_node_whose_statistics_are_used() -> None:
+def test_split_skip_layer_norm_refuses_what_it_cannot_rewrite() -> None:
     model = skip_layer_norm_graph(True, True, False)
     model.graph.node[0].output.append("mean")
     with pytest.raises(ValueError, match="ln: SkipLayerNormalization's mean"):
+        unfuse_skip_layer_norm(model)
+    model = skip_layer_norm_graph(True, True, False)
+    model.opset_import[0].version = 13  # the standard LayerNormalization exists from opset 17
+    with pytest.raises(ValueError, match="LayerNormalization needs opset 17; this graph imports opset 13"):
         unfuse_skip_layer_norm(model)
 
 

@@ -6,7 +6,8 @@ Steps, all in a scratch folder; the bundle folder appears (by rename) only when 
    and attention.onnx from eager-attention copies of the models (training/onnx_utils.py explains the
    exporter choice);
 2. parity: onnxruntime vs torch on random padded two-segment batches, max abs <= 1e-4, else refuse;
-3. --optimize: onnxruntime's BERT fusions (counts recorded), parity again on the fused fp32 graphs;
+3. --optimize: onnxruntime's BERT fusions, the skip layer norms split back into Add + LayerNormalization
+   (counts recorded), parity again on the fused fp32 graphs;
 4. --quantize int8: dynamic INT8, then fill-mask top-1 agreement and classifier accuracy against fp32
    on --eval-text / --eval-dev when given (recorded either way);
 5. bundle.json with config, special ids, labels, metrics, checks, versions and every file's sha256.

@@ -206,6 +206,9 @@ def unfuse_skip_layer_norm(model: onnx.ModelProto) -> int:
     run 1.07-1.30x faster at batch 1, 8 and 32 (bench/int8_variants.py: `fused_skip_layer_norm`). The
     runtime keeps onnxruntime from fusing them again at load (model/runtime.py, DISABLED_FUSIONS).
     """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < OPSET and any(node.op_type == "SkipLayerNormalization" for node in model.graph.node):
+        raise ValueError(f"LayerNormalization needs opset {OPSET}; this graph imports opset {opset}")
     nodes: list[onnx.NodeProto] = []
     replaced = 0
     for node in model.graph.node:  # graph order is topological; each replacement keeps its place
