@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import traceback
 import uuid
 from collections.abc import Sequence
@@ -82,6 +83,8 @@ def safe_echo(value: Any, depth: int = 0) -> Any:
         return [safe_echo(v, depth + 1) for v in value[:ECHO_ITEMS]]
     if isinstance(value, dict):
         return {safe_echo(str(k)): safe_echo(v, depth + 1) for k, v in list(value.items())[:ECHO_ITEMS]}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # the answer's JSON has no NaN or Infinity either
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return safe_echo(str(value), depth)

@@ -184,7 +184,10 @@ class RequestBodyMiddleware:
             raise _Refused(422, body_error(message, "utf8_invalid")) from None
         declared = _header(scope, b"content-type")
         try:
-            json.loads(text)
+            json.loads(text, parse_constant=_refuse_constant)
+        except _NonFiniteNumber as exc:
+            message = f"the body is not valid JSON: {exc} is not a JSON number (JSON has no NaN or Infinity)"
+            raise _Refused(422, body_error(message, "json_invalid")) from None
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno}"
             message = f"the body is not valid JSON: {exc.msg} ({where})"
@@ -195,6 +198,14 @@ class RequestBodyMiddleware:
             raise _Refused(422, body_error("the body's JSON is nested too deeply", "json_invalid")) from None
         if declared is None or not _is_json_type(declared):
             _set_header(scope, b"content-type", b"application/json")
+
+
+class _NonFiniteNumber(ValueError):
+    """NaN, Infinity or -Infinity in a body: Python's json module reads them, the JSON standard has none."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFiniteNumber(name)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -16,12 +16,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pydantic import ValidationError
+
     from app.settings import Settings
 
-    defaults = Settings()
+    try:
+        defaults = Settings()
+    except ValidationError:  # a bad POCKETBERT_* variable: `run` names it; the help shows the built-in values
+        defaults = Settings.model_construct()
     parser.add_argument(
         "--bundles",
         nargs="+",
@@ -34,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--default-model",
         metavar="NAME",
         default=None,
-        help="model used when a request names none (default: first bundle by name)",
+        help="model used when a request names none (default: by the text's language, else the first "
+        "bundle by name)",
     )
     parser.add_argument("--host", default=defaults.host, help=f"address to bind (default: {defaults.host})")
     parser.add_argument(
@@ -70,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from app.settings import ENV_PREFIX, Settings
 
@@ -81,11 +89,19 @@ def run(args: argparse.Namespace) -> int:
         "LOG_LEVEL": args.log_level,
         "WORKERS": args.workers,  # each worker divides the cores by it (Settings.inference_threads)
     }
+    if not 0 <= args.port <= 65535:
+        print(f"pocketbert serve: --port: must be between 0 and 65535, got {args.port}", file=sys.stderr)
+        return 2
     from_environment = ENV_PREFIX + "BUNDLES" in os.environ
     for key, value in overrides.items():
         if value is not None:
             os.environ[ENV_PREFIX + key] = str(value)
-    settings = Settings()  # fail here, with pydantic's message, rather than inside every worker
+    try:
+        settings = Settings()  # fail here, in one line per setting, rather than inside every worker
+    except ValidationError as exc:
+        for line in settings_problems(exc, {key for key, value in overrides.items() if value is not None}):
+            print(f"pocketbert serve: {line}", file=sys.stderr)
+        return 2
     problem = bundles_problem(settings.bundles, bundles_source(bool(args.bundles), from_environment))
     if problem:
         print(f"pocketbert serve: {problem}", file=sys.stderr)
@@ -105,6 +121,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         remove_multiprocess_dir(created)
     return 0
+
+
+def settings_problems(exc: Any, from_flags: set[str]) -> list[str]:
+    """pydantic's refusal of the settings as one line per setting, named as the user gave it: the flag
+    (--max-batch-size) when it came from one, else the environment variable (POCKETBERT_MAX_BATCH_SIZE)."""
+    from app.settings import ENV_PREFIX
+
+    lines = []
+    for error in exc.errors():
+        key = str(error["loc"][0]).upper() if error.get("loc") else "?"
+        name = "--" + key.lower().replace("_", "-") if key in from_flags else ENV_PREFIX + key
+        lines.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+    return lines
 
 
 def bundles_source(flag: bool, environment: bool) -> str:

@@ -285,12 +285,15 @@ def open_engine(bundle: str, task: str, threads: int | None) -> Engine:
 def run(args: argparse.Namespace) -> int:
     if args.task not in PREDICT_TASKS:
         raise CLIError(f"--task must be one of {', '.join(PREDICT_TASKS)}")
-    for flag in ("batch_size", "top_k"):
-        if getattr(args, flag) < 1:
-            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     source, target = Path(args.input), Path(args.output)
+    if source.is_dir():
+        raise CLIError(f"{source}: is a folder; --input names a file")
     if not source.is_file():
         raise CLIError(f"{source}: no such file")
+    if target.is_dir():
+        raise CLIError(f"{target}: is a folder; --output names the file to write")
+    if target.exists() and target.samefile(source):
+        raise CLIError(f"{target}: is the --input file; the output would replace it, choose another --output")
     fmt = input_format(source, args.input_format)
     if args.task == "next-sentence" and fmt != "lines" and args.pair_column is None:
         raise CLIError(f"{source}: next-sentence on a {fmt} file needs --pair-column (the second sentence)")

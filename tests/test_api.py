@@ -338,12 +338,25 @@ def test_body_over_the_limit_is_413_by_content_length_and_chunked(client: TestCl
         (b'{"inputs": "caf\xe9"}', "not valid UTF-8 (byte 0xe9 at offset 15)"),
         (b'{"inputs": "\\ud800 x"}', "lone surrogate"),
         (b'{"inputs": ["ok", "\\udfff"]}', "lone surrogate"),
+        (b'{"inputs": "ok", "top_k": Infinity}', "Infinity is not a JSON number"),
+        (b'{"inputs": NaN}', "NaN is not a JSON number"),
+        (b'{"inputs": "ok", "extra": -Infinity}', "-Infinity is not a JSON number"),
     ],
 )
 def test_undecodable_bodies_are_422_with_the_reason(client: TestClient, content: bytes, words: str) -> None:
     response = client.post("/classify", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert any(words in d["msg"] for d in response.json()["detail"]), response.text
+
+
+def test_a_refused_value_is_quoted_back_as_valid_json() -> None:
+    """The 422's echo of a refused value: non-finite numbers become text (JSON has none), long texts and
+    lists are cut, a lone surrogate is replaced."""
+    from app.errors import JSONAnswer, safe_echo
+
+    echoed = safe_echo({"a": float("nan"), "b": [float("inf")] * 20, "c": "x" * 500 + "\ud800"})
+    assert echoed["a"] == "nan" and echoed["b"] == ["inf"] * 8 and len(echoed["c"]) == 83
+    assert json.loads(JSONAnswer(echoed).body)["b"][0] == "inf"
 
 
 def test_deeply_nested_json_is_422(tiny_bundle: Path) -> None:
@@ -683,6 +696,31 @@ def test_serve_refuses_a_path_without_bundles_in_one_line(
     if how == "flag":
         assert lines[1] == f"pocketbert serve: --bundles: no such folder {tmp_path / 'absent'}"
     assert all("POCKETBERT_BUNDLES" not in line for line in lines) or how == "environment"
+
+
+def test_serve_refuses_bad_settings_in_one_line_each_naming_flag_or_variable(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import uvicorn
+
+    from app.serve import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn must not start"))
+    # run() writes the flags to the environment; setenv first so monkeypatch restores it afterwards
+    for key, value in (("BUNDLES", "unset"), ("WORKERS", "1"), ("MAX_WAIT_MS", "2"), ("LOG_LEVEL", "info")):
+        monkeypatch.setenv(f"POCKETBERT_{key}", value)
+    monkeypatch.setenv("POCKETBERT_MAX_INPUTS", "abc")
+    assert main(["--bundles", str(tiny_bundle), "--workers", "0", "--max-wait-ms", "-1"]) == 2
+    lines = sorted(capsys.readouterr().err.strip().splitlines())
+    assert lines == [
+        "pocketbert serve: --max-wait-ms: Input should be greater than or equal to 0 (got '-1.0')",
+        "pocketbert serve: --workers: Input should be greater than or equal to 1 (got '0')",
+        "pocketbert serve: POCKETBERT_MAX_INPUTS: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'abc')",
+    ]
+    monkeypatch.delenv("POCKETBERT_MAX_INPUTS")
+    assert main(["--bundles", str(tiny_bundle), "--port", "-1"]) == 2
+    assert capsys.readouterr().err == "pocketbert serve: --port: must be between 0 and 65535, got -1\n"
 
 
 def test_tokenizer_checks_run_off_the_event_loop_unless_small(

@@ -133,6 +133,53 @@ def test_an_option_typo_shows_the_commands_usage(
     assert f"error: unrecognized arguments: {argv[-2] if argv[0] == 'pretrain' else '--oops'}" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["finetune", "--lr", "-1"], "argument --lr: must be greater than 0, got -1"),
+        (["finetune", "--limit-train", "0"], "argument --limit-train: must be at least 1, got 0"),
+        (["finetune", "--threads", "-1"], "argument --threads: must be at least 1, got -1"),
+        (["finetune", "--warmup-ratio", "2"], "argument --warmup-ratio: must be between 0 and 1, got 2"),
+        (["finetune", "--clip", "-1"], "argument --clip: must be 0 or more, got -1"),
+        (["pretrain", "--steps", "ten"], "argument --steps: 'ten' is not a whole number"),
+        (["pretrain", "--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+        (["predict", "--threads", "-2"], "argument --threads: must be at least 1, got -2"),
+        (["export", "--max-length", "0"], "argument --max-length: must be at least 1, got 0"),
+        (
+            ["tokenizer", "train", "--input-sentence-size", "0"],
+            "argument --input-sentence-size: must be at least 1",
+        ),
+    ],
+)
+def test_an_option_out_of_range_is_a_usage_error_before_any_work(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture
+) -> None:
+    """Counts, rates and shares are checked by their argparse types (training/arguments.py): a bad value
+    stops the command with its usage line, before a file is read or a model built."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: pocketbert {' '.join(argv[:2] if argv[0] == 'tokenizer' else argv[:1])}")
+    assert words in err, err
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine", encoding="utf-8")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a line of text\n" * 50, encoding="utf-8")
+    commands = [
+        ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "60", "--out", str(notes)],
+        ["finetune", "--task", "sst2", "--train", str(corpus), "--dev-fraction", "0.1", "--init", "scratch"],
+    ]
+    commands[1] += ["--out", str(notes)]
+    for argv in commands:
+        assert main(argv) == 2
+        assert f"{notes}: is a file; --out names a folder to write into" in capsys.readouterr().err, argv
+    assert notes.read_text(encoding="utf-8") == "mine"
+
+
 def test_the_license_is_an_spdx_string() -> None:
     """setuptools warns about a `project.license` table; the SPDX string form needs setuptools 77."""
     tomllib = pytest.importorskip("tomllib")

@@ -159,6 +159,20 @@ def test_a_task_the_bundle_lacks_and_a_wrong_column_are_one_line_errors(
     assert f"{table}:1: no column 'review' in the header (columns: id, body)" in capsys.readouterr().err
 
 
+def test_an_output_that_would_replace_the_input_or_a_folder_is_refused(
+    tiny_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    source = tmp_path / "reviews.tsv"
+    source.write_text("text\ta fine film\n", encoding="utf-8")
+    assert predict(tiny_bundle, "classify", source, source) == 2
+    assert f"{source}: is the --input file; the output would replace it" in capsys.readouterr().err
+    assert source.read_text(encoding="utf-8") == "text\ta fine film\n"
+    assert predict(tiny_bundle, "classify", source, tmp_path) == 2
+    assert f"{tmp_path}: is a folder; --output names the file to write" in capsys.readouterr().err
+    assert predict(tiny_bundle, "classify", tmp_path, tmp_path / "o.jsonl") == 2
+    assert f"{tmp_path}: is a folder; --input names a file" in capsys.readouterr().err
+
+
 def test_predict_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None:
     """It runs with only the `serve` extra: here torch is made unimportable."""
     source = tmp_path / "texts.txt"

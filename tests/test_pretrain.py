@@ -159,6 +159,46 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     assert final["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
 
 
+def test_the_same_command_run_again_continues_the_run(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Without --resume too: starting over would throw away the steps done (hours, on a real corpus)."""
+    out = tmp_path / "run"
+    options = ["--steps", "4", "--log-every", "1", "--eval-every", "100"]
+    assert main(pretrain_args(prepared, out, *options, "--stop-at", "2")) == 0
+    capsys.readouterr()
+    assert main(pretrain_args(prepared, out, *options)) == 0
+    assert "holds this run at step 2: continuing it (as --resume)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]  # steps 1-2 were not redone
+
+
+def test_a_folder_holding_another_run_is_refused(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """No other run's model.pt is overwritten: a fine-tuning run's folder, a lone model.pt, a file."""
+    from training.checkpointing import save_training_state
+
+    finetune_run = tmp_path / "finetune"
+    finetune_run.mkdir()
+    save_training_state(finetune_run / "checkpoint.pt", {"kind": "finetune", "model": {}, "step": 7})
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.pt").write_bytes(b"weights of some other run")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    expected = {
+        finetune_run: "not a pretraining checkpoint (a finetune run's); choose another --out",
+        lone: "a model with no pretraining checkpoint beside it (another run's?); choose another --out",
+        a_file: "is a file; --out names a folder to write into",
+    }
+    for out, words in expected.items():
+        capsys.readouterr()
+        assert main(pretrain_args(prepared, out, "--steps", "2")) == 2
+        assert words in capsys.readouterr().err, out
+    assert (lone / "model.pt").read_bytes() == b"weights of some other run" and a_file.read_text() == "mine"
+
+
 def test_resume_drops_a_row_cut_short_by_a_kill(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -280,7 +320,7 @@ def test_init_continues_from_weights_on_several_data_folders(
     capsys.readouterr()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert main([*args[:7], str(bad), *args[8:]]) == 2
+    assert main([*args[:5], str(tmp_path / "other"), args[6], str(bad), *args[8:]]) == 2
     assert "bad.pt: not a readable pocketbert checkpoint" in capsys.readouterr().err
 
 

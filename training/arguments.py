@@ -6,7 +6,9 @@ needs at its top. `serve` (app/serve.py) still describes its own options; its mo
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 
 from training.corpus import DEFAULT_TEXT_COLUMNS, INPUT_FORMATS
 from training.tasks import DEFAULT_DEV_UNIT, DEV_UNITS, TASK_FORMATS
@@ -29,6 +31,43 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+# --- number types: a value out of range is argparse's one-line usage error, before any work starts ---
+def _checked(text: str, kind: type, within: Callable[[float], bool], rule: str) -> int | float:
+    """`text` read as `kind` (int or float), refused unless finite and `within` the option's range."""
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if not math.isfinite(value):  # nan, inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    if not within(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count: 1 or more."""
+    return int(_checked(text, int, lambda v: v >= 1, "at least 1"))
+
+
+def non_negative_int(text: str) -> int:
+    return int(_checked(text, int, lambda v: v >= 0, "0 or more"))
+
+
+def positive_float(text: str) -> float:
+    return float(_checked(text, float, lambda v: v > 0, "greater than 0"))
+
+
+def non_negative_float(text: str) -> float:
+    return float(_checked(text, float, lambda v: v >= 0, "0 or more"))
+
+
+def share(text: str) -> float:
+    """A share of a whole: from 0 to 1."""
+    return float(_checked(text, float, lambda v: 0 <= v <= 1, "between 0 and 1"))
+
+
 def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     train = sub.add_parser(
@@ -47,11 +86,11 @@ def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--out", required=True, metavar="DIR", help="folder that receives tokenizer.model")
     train.add_argument(
-        "--vocab-size", type=int, default=8000, help="pieces in the vocabulary, specials included"
+        "--vocab-size", type=positive_int, default=8000, help="pieces in the vocabulary, specials included"
     )
     train.add_argument(
         "--character-coverage",
-        type=float,
+        type=share,
         default=0.9995,
         help="share of characters the vocabulary must cover (0.9995 suits Korean and English)",
     )
@@ -60,7 +99,7 @@ def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--input-sentence-size",
-        type=int,
+        type=positive_int,
         default=2_000_000,
         help="lines sampled uniformly from the input (keeps memory bounded on large corpora)",
     )
@@ -88,7 +127,9 @@ def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=FILE",
         help="text files (.gz too; a TSV gives its document/sentence/text column), optionally named",
     )
-    stats.add_argument("--limit", type=int, default=20000, help="texts read from each file (default 20000)")
+    stats.add_argument(
+        "--limit", type=positive_int, default=20000, help="texts read from each file (default 20000)"
+    )
     stats.add_argument("--out", metavar="PREFIX", help="also write PREFIX.json and PREFIX.md")
 
 
@@ -114,25 +155,25 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=128,
         help="tokens per instance, [CLS] and two [SEP] included (default 128)",
     )
     parser.add_argument(
         "--dupe-factor",
-        type=int,
+        type=positive_int,
         default=5,
         help="times each document is read, with different random cuts (default 5)",
     )
     parser.add_argument(
         "--short-seq-prob",
-        type=float,
+        type=share,
         default=0.1,
         help="share of instances with a random shorter target length (default 0.1)",
     )
     parser.add_argument(
         "--valid-fraction",
-        type=float,
+        type=share,
         default=0.01,
         help="share of documents held out as the validation split (default 0.01)",
     )
@@ -153,7 +194,7 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=None,
         help="tokenizing processes (default: all cores; 1 runs in the main process)",
     )
@@ -190,10 +231,14 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         "and schedule): continued pretraining on other data or with another recipe",
     )
     model.add_argument("--config", help="model config JSON (BertConfig / Hugging Face field names)")
-    model.add_argument("--hidden-size", type=int, default=256, help="hidden size (default 256)")
-    model.add_argument("--layers", type=int, default=3, help="number of transformer layers (default 3)")
-    model.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    model.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden size)")
+    model.add_argument("--hidden-size", type=positive_int, default=256, help="hidden size (default 256)")
+    model.add_argument(
+        "--layers", type=positive_int, default=3, help="number of transformer layers (default 3)"
+    )
+    model.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
+    model.add_argument(
+        "--intermediate-size", type=positive_int, help="feed-forward size (default 4 x hidden size)"
+    )
     model.add_argument(
         "--dropout",
         type=float,
@@ -201,14 +246,22 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     opt = parser.add_argument_group("optimisation (on --resume, each defaults to the checkpoint's value)")
-    opt.add_argument("--batch-size", type=int, help="sequences per micro-batch per process (default 32)")
-    opt.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step (default 1)")
-    opt.add_argument("--steps", type=int, help="total optimiser steps of the schedule (default 1000)")
-    opt.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
-    opt.add_argument("--warmup", type=int, help="linear warmup steps (default 10%% of --steps)")
-    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.01)")
-    opt.add_argument("--clip", type=float, help="gradient clipping max norm, 0 = off (default 1.0)")
-    opt.add_argument("--mlm-probability", type=float, help="share of tokens masked (default 0.15)")
+    opt.add_argument(
+        "--batch-size", type=positive_int, help="sequences per micro-batch per process (default 32)"
+    )
+    opt.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimiser step (default 1)")
+    opt.add_argument(
+        "--steps", type=positive_int, help="total optimiser steps of the schedule (default 1000)"
+    )
+    opt.add_argument("--lr", type=positive_float, help="peak learning rate (default 5e-4)")
+    opt.add_argument("--warmup", type=non_negative_int, help="linear warmup steps (default 10%% of --steps)")
+    opt.add_argument(
+        "--weight-decay", type=non_negative_float, help="AdamW weight decay on matrices (default 0.01)"
+    )
+    opt.add_argument(
+        "--clip", type=non_negative_float, help="gradient clipping max norm, 0 = off (default 1.0)"
+    )
+    opt.add_argument("--mlm-probability", type=share, help="share of tokens masked (default 0.15)")
     opt.add_argument(
         "--whole-word-mask",
         action="store_true",
@@ -238,19 +291,25 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="torch.compile the model (off: it does not pay on CPU)"
     )
     run_.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: all cores, split between DDP ranks)"
+        "--threads", type=positive_int, help="torch CPU threads (default: all cores, split between DDP ranks)"
     )
     run_.add_argument(
-        "--eval-every", type=int, help="evaluate on the valid split every N steps (default 100)"
+        "--eval-every", type=positive_int, help="evaluate on the valid split every N steps (default 100)"
     )
-    run_.add_argument("--eval-batches", type=int, help="validation batches per evaluation (default 50)")
     run_.add_argument(
-        "--save-every", type=int, help="write checkpoint.pt every N steps, and at the end (default 500)"
+        "--eval-batches", type=positive_int, help="validation batches per evaluation (default 50)"
     )
-    run_.add_argument("--log-every", type=int, help="write a training metrics row every N steps (default 10)")
+    run_.add_argument(
+        "--save-every",
+        type=positive_int,
+        help="write checkpoint.pt every N steps, and at the end (default 500)",
+    )
+    run_.add_argument(
+        "--log-every", type=positive_int, help="write a training metrics row every N steps (default 10)"
+    )
     run_.add_argument(
         "--stop-at",
-        type=int,
+        type=positive_int,
         help="save and stop after this step, keeping the schedule of --steps (to pause a run)",
     )
 
@@ -269,7 +328,7 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--dev-fraction",
-        type=float,
+        type=share,
         help="instead of --dev: hold out this random share of --train as the dev set "
         "(reproducible: the same rows for every seed and run)",
     )
@@ -288,9 +347,13 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--label-column", default="label", help="label column / field for --task csv (default label)"
     )
-    data.add_argument("--limit-train", type=int, help="use a random subset of this many training examples")
-    data.add_argument("--limit-dev", type=int, help="use a random subset of this many dev examples")
-    data.add_argument("--limit-test", type=int, help="use a random subset of this many test examples")
+    data.add_argument(
+        "--limit-train", type=positive_int, help="use a random subset of this many training examples"
+    )
+    data.add_argument("--limit-dev", type=positive_int, help="use a random subset of this many dev examples")
+    data.add_argument(
+        "--limit-test", type=positive_int, help="use a random subset of this many test examples"
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -327,30 +390,40 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
         default="1,2,3,4,5",
         help="comma-separated seeds, one full run each; their spread measures stability (default 1,2,3,4,5)",
     )
-    opt.add_argument("--epochs", type=int, default=5, help="training epochs per seed (default 5)")
-    opt.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    opt.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
+    opt.add_argument("--epochs", type=positive_int, default=5, help="training epochs per seed (default 5)")
+    opt.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate (default 1e-4)")
+    opt.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default 32)")
     opt.add_argument(
         "--max-length", type=int, default=128, help="tokens per example incl. [CLS]/[SEP] (default 128)"
     )
     opt.add_argument(
-        "--warmup-ratio", type=float, default=0.1, help="share of steps in linear warmup (default 0.1)"
+        "--warmup-ratio", type=share, default=0.1, help="share of steps in linear warmup (default 0.1)"
     )
     opt.add_argument(
-        "--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)"
+        "--weight-decay",
+        type=non_negative_float,
+        default=0.01,
+        help="AdamW weight decay on matrices (default 0.01)",
     )
     opt.add_argument(
-        "--clip", type=float, default=1.0, help="gradient clipping max norm, 0 = off (default 1.0)"
+        "--clip",
+        type=non_negative_float,
+        default=1.0,
+        help="gradient clipping max norm, 0 = off (default 1.0)",
     )
-    opt.add_argument("--evals-per-epoch", type=int, default=1, help="dev evaluations per epoch (default 1)")
+    opt.add_argument(
+        "--evals-per-epoch", type=positive_int, default=1, help="dev evaluations per epoch (default 1)"
+    )
     opt.add_argument(
         "--device", default="auto", help="auto (GPU when present), cpu, cuda or mps (default auto)"
     )
-    opt.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    opt.add_argument("--log-every", type=int, default=20, help="write a training metrics row every N steps")
+    opt.add_argument("--threads", type=positive_int, help="torch CPU threads (default: all cores)")
+    opt.add_argument(
+        "--log-every", type=positive_int, default=20, help="write a training metrics row every N steps"
+    )
     opt.add_argument(
         "--save-every",
-        type=int,
+        type=positive_int,
         default=1000,
         help="write checkpoint.pt every N steps within an epoch, besides each epoch's end and on Ctrl-C / "
         "SIGTERM, so that a killed run loses at most N steps (default 1000)",
@@ -395,7 +468,7 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="longest input in tokens (default: the classifier's fine-tuning max length, else 128)",
@@ -416,10 +489,14 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
         help="format of --eval-dev (default: the classifier checkpoint's task, else csv)",
     )
     parser.add_argument(
-        "--eval-limit", type=int, default=2000, metavar="N", help="use at most N eval sentences / dev rows"
+        "--eval-limit",
+        type=positive_int,
+        default=2000,
+        metavar="N",
+        help="use at most N eval sentences / dev rows",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="onnxruntime threads for the checks"
+        "--threads", type=positive_int, default=None, metavar="N", help="onnxruntime threads for the checks"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
 
@@ -455,7 +532,7 @@ def recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="CPU threads for training and export (default: all cores)",
     )
@@ -514,8 +591,8 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="next-sentence: column / field of the second sentence (plain lines: first<TAB>second)",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per engine call")
-    parser.add_argument("--top-k", type=int, default=5, help="fill-mask: predictions per [MASK]")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="rows per engine call")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="fill-mask: predictions per [MASK]")
     parser.add_argument(
         "--on-error",
         choices=("skip", "stop"),
@@ -523,5 +600,7 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
         help="a bad row (empty text, wrong field count, invalid JSON): report its line and skip it, or "
         "stop with an error",
     )
-    parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="onnxruntime threads (default: all cores)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

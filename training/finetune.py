@@ -31,7 +31,7 @@ from model.checkpoint import MODEL_FILENAME, load_model, read_weights, remove_st
 from model.config import BertConfig
 from model.tokenizer import Encoding, Tokenizer, file_sha256, pad_batch, resolve_tokenizer
 from training.checkpointing import TRAINING_STATE_FILENAME, load_training_state, save_training_state
-from training.errors import CLIError
+from training.errors import CLIError, output_folder
 from training.loop import HeapTrimmer, Window, clip_and_step, progress_bar
 from training.metrics_log import MetricsLog
 from training.optim import build_optimizer, build_scheduler
@@ -507,10 +507,8 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    seeds = parse_seeds(args.seeds)
-    for name in ("epochs", "batch_size", "evals_per_epoch", "log_every", "save_every"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
+    seeds = parse_seeds(args.seeds)  # counts and rates are checked by their argparse types (arguments.py)
+    output_folder(args.out)
     if args.max_length < 8:
         raise CLIError(f"--max-length must be at least 8, got {args.max_length}")
     if args.threads:

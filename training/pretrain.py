@@ -32,7 +32,7 @@ from model.tokenizer import resolve_tokenizer
 from training.checkpointing import TRAINING_STATE_FILENAME, load_training_state, save_training_state
 from training.data_format import INDEX_FILENAME, read_shared_index
 from training.dataset import PretrainingDataset, collate
-from training.errors import CLIError
+from training.errors import CLIError, output_folder
 from training.loop import HeapTrimmer, Window, clip_and_step, progress_bar, resident_mb
 from training.masking import mask_tokens, word_start_table
 from training.metrics_log import MetricsLog
@@ -85,8 +85,7 @@ REPORTING_DEFAULTS: dict[str, Any] = {
 
 
 def run(args: argparse.Namespace) -> int:
-    state_path = Path(args.out) / TRAINING_STATE_FILENAME
-    resume_state = load_training_state(state_path) if args.resume and state_path.is_file() else None
+    resume_state = run_in_folder(Path(args.out), args.resume)
     fill_run_options(args, resume_state["args"] if resume_state else {})
     _check_args(args)
     runtime = setup(args.device, args.threads)
@@ -128,20 +127,34 @@ def fill_run_options(args: argparse.Namespace, saved: dict[str, Any]) -> None:
             print(f"note: {flag} changes from {saved[name]} to {given} from the resumed step on")
 
 
+def run_in_folder(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint of the run in `out` to continue, or None to start one.
+
+    The same command run again goes on where the last one stopped, --resume or not (as `finetune` does):
+    starting over would replace hours of pretraining. A folder holding something else (a fine-tuning run,
+    a model.pt with no checkpoint of its own beside it) is refused, so no other run's model is overwritten.
+    """
+    state_path = output_folder(out) / TRAINING_STATE_FILENAME
+    if state_path.is_file():
+        state = load_training_state(state_path)
+        if "kind" in state:  # fine-tuning states name their kind; pretraining's never did
+            found = f"{state_path}: not a pretraining checkpoint (a {state['kind']} run's)"
+            raise CLIError(f"{found}; choose another --out")
+        if not resume:
+            print(f"note: {state_path} holds this run at step {state['step']}: continuing it (as --resume)")
+        return state
+    if resume:
+        print(f"note: no {state_path}: starting from step 0")
+    elif (out / MODEL_FILENAME).is_file():
+        raise CLIError(
+            f"{out / MODEL_FILENAME}: a model with no pretraining checkpoint beside it (another run's?); "
+            "choose another --out"
+        )
+    return None
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    for name in (
-        "batch_size",
-        "grad_accum",
-        "steps",
-        "eval_every",
-        "eval_batches",
-        "save_every",
-        "log_every",
-    ):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise CLIError(f"--lr must be positive, got {args.lr}")
+    """What the options' argparse types (arguments.py: counts >= 1, --lr > 0) cannot say alone."""
     if args.warmup is None:
         args.warmup = max(1, args.steps // 10)
     if not 0 < args.mlm_probability < 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from model.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILENAME, Tokenizer
-from training.errors import CLIError
+from training.errors import CLIError, output_folder
 from training.textio import iter_lines
 from training.tokenizer_stats import compare, markdown_table
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     path = train_tokenizer(
         args.input,
-        args.out,
+        output_folder(args.out),
         args.vocab_size,
         args.character_coverage,
         args.model_type,
