@@ -145,6 +145,12 @@ def test_an_option_typo_shows_the_commands_usage(
         (["pretrain", "--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
         (["predict", "--threads", "-2"], "argument --threads: must be at least 1, got -2"),
         (["export", "--max-length", "0"], "argument --max-length: must be at least 1, got 0"),
+        (["pretrain", "--dropout", "1"], "argument --dropout: must be at least 0 and below 1, got 1"),
+        (["finetune", "--dropout", "-0.1"], "argument --dropout: must be at least 0 and below 1, got -0.1"),
+        (
+            ["tokenizer", "train", "--character-coverage", "0.5"],
+            "argument --character-coverage: must be between 0.98 and 1, got 0.5",
+        ),
         (
             ["tokenizer", "train", "--input-sentence-size", "0"],
             "argument --input-sentence-size: must be at least 1",

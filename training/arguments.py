@@ -68,6 +68,16 @@ def share(text: str) -> float:
     return float(_checked(text, float, lambda v: 0 <= v <= 1, "between 0 and 1"))
 
 
+def dropout_rate(text: str) -> float:
+    """A dropout probability: 1 would zero every activation, so it stops short of it."""
+    return float(_checked(text, float, lambda v: 0 <= v < 1, "at least 0 and below 1"))
+
+
+def character_coverage(text: str) -> float:
+    """SentencePiece's --character_coverage: it refuses a value below 0.98 with a bare assertion."""
+    return float(_checked(text, float, lambda v: 0.98 <= v <= 1, "between 0.98 and 1"))
+
+
 def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     train = sub.add_parser(
@@ -90,7 +100,7 @@ def tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--character-coverage",
-        type=share,
+        type=character_coverage,
         default=0.9995,
         help="share of characters the vocabulary must cover (0.9995 suits Korean and English)",
     )
@@ -241,7 +251,7 @@ def pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--dropout",
-        type=float,
+        type=dropout_rate,
         help="hidden and attention dropout (default: the config's, 0.1 for a new model)",
     )
 
@@ -369,7 +379,7 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--dropout",
-        type=float,
+        type=dropout_rate,
         default=0.1,
         help="hidden and attention dropout while fine-tuning, whatever the pretrained model used "
         "(default 0.1, BERT's)",

@@ -516,8 +516,6 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.dev is None) == (args.dev_fraction is None):
         raise CLIError("give a dev set: either --dev FILE or --dev-fraction F (carved from --train)")
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
     train_data = read_task(args.task, args.train, None, args.text_column, args.label_column)
     if args.dev_fraction is not None:
         train_data, dev_data = split_dev(train_data, args.dev_fraction, unit=args.dev_unit)
