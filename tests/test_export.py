@@ -523,6 +523,30 @@ def test_export_refuses_an_existing_folder_before_any_work(
         export_bundle(tiny_checkpoints.pretrained, None, tiny_checkpoints.tokenizer_dir, tmp_path / "bundle")
 
 
+def test_a_bad_eval_file_is_refused_before_the_graphs_are_built(
+    tmp_path: Path, tiny_checkpoints, monkeypatch
+) -> None:
+    """The INT8 checks run at the end of an export; their files are read at its start."""
+    import training.export as export
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the graphs were built before the eval files were read")
+
+    monkeypatch.setattr(export, "_build_graphs", no_work)
+    blank = tmp_path / "heldout.txt"
+    blank.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(CLIError, match=f"{blank}: no sentences"):
+        export_bundle(
+            tiny_checkpoints.pretrained,
+            None,
+            tiny_checkpoints.tokenizer_dir,
+            tmp_path / "bundle",
+            quantize="int8",
+            eval_text=blank,
+        )
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_manifest_writes_paths_under_home_as_tilde(tmp_path: Path, tiny_checkpoints, monkeypatch) -> None:
     """A shipped bundle.json records where its checkpoints came from without the builder's home folder."""
     home = tiny_checkpoints.pretrained.parent

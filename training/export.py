@@ -21,6 +21,7 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,29 @@ def read_eval_dev(
     if data.label_names != label_names:
         raise CLIError(f"{path}: labels {data.label_names} do not match the classifier's {label_names}")
     return data.texts[:limit], data.labels[:limit]
+
+
+@dataclass
+class EvalSets:
+    """The held-out data of the INT8 checks, read before the export: a bad file then costs seconds, not
+    the minutes of an export that would fail at its end."""
+
+    text_file: str | None = None
+    sentences: list[str] | None = None  # --eval-text
+    dev_file: str | None = None
+    dev_task: str = "csv"
+    dev: tuple[list[str], list[int]] | None = None  # --eval-dev: texts, labels
+
+
+def read_eval_sets(
+    eval_text: str | Path | None, eval_dev: str | Path | None, task: str, labels: list[str], limit: int
+) -> EvalSets:
+    sets = EvalSets(dev_task=task)
+    if eval_text is not None:
+        sets.text_file, sets.sentences = str(eval_text), read_eval_text(eval_text, limit)
+    if eval_dev is not None:
+        sets.dev_file, sets.dev = str(eval_dev), read_eval_dev(eval_dev, task, labels, limit)
+    return sets
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -287,6 +311,9 @@ def export_bundle(
     limit = min(m.config.max_position_embeddings for m in models)
     if not 3 <= max_length <= limit:
         raise CLIError(f"max length {max_length} must be between 3 and the models' {limit} positions")
+    eval_sets = read_eval_sets(
+        eval_text, eval_dev, eval_task or _default_task(cls_meta), label_names, eval_limit
+    )
 
     with staged(out_dir, overwrite) as staging:
         with tempfile.TemporaryDirectory(prefix="pocketbert-export-") as scratch_dir:
@@ -301,11 +328,7 @@ def export_bundle(
                 fp32,
                 final,
                 quantize,
-                eval_text,
-                eval_dev,
-                eval_task or _default_task(cls_meta),
-                eval_limit,
-                label_names,
+                eval_sets,
                 threads,
             )
             shutil.copyfile(tokenizer.path, staging / TOKENIZER_FILE)
@@ -448,11 +471,7 @@ def _int8_checks(
     fp32: dict[str, Path],
     final: dict[str, Path],
     quantize: str | None,
-    eval_text: str | Path | None,
-    eval_dev: str | Path | None,
-    eval_task: str,
-    eval_limit: int,
-    label_names: list[str],
+    eval_sets: EvalSets,
     threads: int | None,
 ) -> dict[str, Any]:
     """INT8 vs fp32 on held-out sentences and a dev set; records why a check did not run."""
@@ -467,25 +486,24 @@ def _int8_checks(
     candidate = Engine(
         scratch, info, intra_op_threads=threads, files={**files, **{r: final[r].name for r in roles}}
     )
-    if eval_text is None:
+    if eval_sets.sentences is None:
         report["fill_mask"] = {"run": False, "reason": "no --eval-text given"}
     else:
-        sentences = read_eval_text(eval_text, eval_limit)
         report["fill_mask"] = {
             "run": True,
-            "file": str(eval_text),
-            **fill_mask_agreement(reference, candidate, sentences),
+            "file": eval_sets.text_file,
+            **fill_mask_agreement(reference, candidate, eval_sets.sentences),
         }
-    if eval_dev is None:
+    if eval_sets.dev is None:
         report["classifier"] = {"run": False, "reason": "no --eval-dev given"}
     else:
-        texts, labels = read_eval_dev(eval_dev, eval_task, label_names, eval_limit)
+        texts, labels = eval_sets.dev
         fp32_acc = classifier_accuracy(reference, texts, labels)
         int8_acc = classifier_accuracy(candidate, texts, labels)
         report["classifier"] = {
             "run": True,
-            "file": str(eval_dev),
-            "task": eval_task,
+            "file": eval_sets.dev_file,
+            "task": eval_sets.dev_task,
             "examples": len(texts),
             "fp32_accuracy": fp32_acc,
             "int8_accuracy": int8_acc,
