@@ -238,7 +238,11 @@ def _add_task_routes(app: FastAPI, service: Service) -> None:
         """Every layer's and head's attention matrix over the tokens of one text."""
         texts = [body.text]
         model, checked = await prepare(
-            "attention", body.model, texts, "text", lambda m: m.check_texts(texts, body.truncate, "text")
+            "attention",
+            body.model,
+            texts,
+            "text",
+            lambda m: m.check_texts(texts, body.truncate, "text", indexed=False),
         )
         (truncated,) = checked.truncated
         result = await service.run(request, model.attention(body.text, service.timeout), "attention", texts)

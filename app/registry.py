@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from app.batching import BatchStats, DynamicBatcher
 from app.metrics import ServiceMetrics
 from app.settings import Settings
-from model.tokenizer import MASK_ID
+from model.tokenizer import MASK_ID, full_length
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,19 @@ class ServedModel:
             tokens,
         )
 
-    def check_texts(self, texts: Sequence[str], truncate: bool, field: str = "inputs") -> Checked:
-        """Per text, whether it is cut to max_length; InputError for a long text unless truncate."""
+    def check_texts(
+        self, texts: Sequence[str], truncate: bool, field: str = "inputs", indexed: bool = True
+    ) -> Checked:
+        """Per text, whether it is cut to max_length; InputError for a long text unless truncate.
+
+        The error's place is (field, index) in a list of texts, or the field alone when it holds one text
+        (indexed=False)."""
         checked = Checked([], [])
         for index, text in enumerate(texts):
             ids = self.engine.tokenizer.encode_ids(text)
-            tokens = len(ids) + 2
+            tokens = full_length(ids)
             if tokens > self.engine.max_length and not truncate:
-                raise self._too_long((field, index), tokens)
+                raise self._too_long((field, index) if indexed else (field,), tokens)
             checked.truncated.append(tokens > self.engine.max_length)
             checked.ids.append(ids)
         return checked
@@ -194,7 +199,7 @@ class ServedModel:
         checked = Checked([], [])
         for index, (first, second) in enumerate(pairs):
             ids = (encode(first), encode(second))
-            tokens = len(ids[0]) + len(ids[1]) + 3
+            tokens = full_length(*ids)
             if tokens > self.engine.max_length and not truncate:
                 raise self._too_long(("pairs", index), tokens)
             checked.truncated.append(tokens > self.engine.max_length)
@@ -217,9 +222,9 @@ class ServedModel:
                     f"at most {settings.max_masks_per_text} [MASK] tokens per text, got {masks}",
                     masks,
                 )
-            cut = len(ids) + 2 > max_length
+            cut = full_length(ids) > max_length
             if cut and not truncate:
-                raise self._too_long(("inputs", index), len(ids) + 2)
+                raise self._too_long(("inputs", index), full_length(ids))
             # what the model will see: the tokenizer's own truncation, not a copy of its rule
             seen = (
                 tokenizer.build_inputs(ids, max_length=max_length).input_ids.count(MASK_ID) if cut else masks

@@ -114,7 +114,8 @@ TRUNCATE_DESCRIPTION = (
 
 
 def _model_field() -> Any:
-    return Field(None, description=MODEL_DESCRIPTION, examples=[None])
+    # "" is refused rather than read as "no model": a client that meant a name and sent none should hear so
+    return Field(None, min_length=1, description=MODEL_DESCRIPTION, examples=[None])
 
 
 def _truncate_field() -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from model.engine import Engine
+from model.tokenizer import full_length
 
 
 def shape_fill_mask(per_text: list[list[list[dict]]]) -> list[Any]:
@@ -50,9 +51,6 @@ class Pipeline:
                 )
         return [tokens > limit for tokens in lengths]
 
-    def _text_lengths(self, texts: list[str]) -> list[int]:
-        return [len(self.engine.tokenizer.encode_ids(text)) + 2 for text in texts]
-
     def _answer(self, results: list[Any], truncated: list[bool]) -> dict[str, Any]:
         return {"model": self.engine.name, "results": results, "truncated": truncated}
 
@@ -65,8 +63,9 @@ class Pipeline:
     ) -> dict[str, Any]:
         """The top_k tokens behind each [MASK] of each text (POST /fill-mask)."""
         texts = _as_list(inputs)
-        truncated = self._truncated(self._text_lengths(texts), truncate)
-        results = self.engine.fill_mask(texts, top_k=top_k, with_sequence=include_sequence)
+        ids = self.engine.tokenizer.encode_ids_batch(texts)  # once: the engine builds its batch from them
+        truncated = self._truncated([full_length(i) for i in ids], truncate)
+        results = self.engine.fill_mask(texts, top_k=top_k, with_sequence=include_sequence, ids=ids)
         return self._answer(shape_fill_mask(results), truncated)
 
     def next_sentence(
@@ -74,18 +73,19 @@ class Pipeline:
     ) -> dict[str, Any]:
         """P(second follows first) per (first, second) pair (POST /next-sentence)."""
         pair_list = [pairs] if isinstance(pairs, tuple) else [tuple(p) for p in pairs]
-        encode = self.engine.tokenizer.encode_ids
-        lengths = [len(encode(first)) + len(encode(second)) + 3 for first, second in pair_list]
-        truncated = self._truncated(lengths, truncate)
-        return self._answer(self.engine.next_sentence(pair_list), truncated)  # type: ignore[arg-type]
+        encode = self.engine.tokenizer.encode_ids_batch
+        ids = list(zip(encode([a for a, _ in pair_list]), encode([b for _, b in pair_list]), strict=True))
+        truncated = self._truncated([full_length(a, b) for a, b in ids], truncate)
+        return self._answer(self.engine.next_sentence(pair_list, ids=ids), truncated)  # type: ignore[arg-type]
 
     def classify(
         self, inputs: str | Sequence[str], top_k: int | None = None, truncate: bool = False
     ) -> dict[str, Any]:
         """Each text's labels, best first: all of them, or the top_k (POST /classify)."""
         texts = _as_list(inputs)
-        truncated = self._truncated(self._text_lengths(texts), truncate)
-        return self._answer(self.engine.classify(texts, top_k=top_k), truncated)
+        ids = self.engine.tokenizer.encode_ids_batch(texts)
+        truncated = self._truncated([full_length(i) for i in ids], truncate)
+        return self._answer(self.engine.classify(texts, top_k=top_k, ids=ids), truncated)
 
 
 def pipeline(bundle_dir: str | Path, threads: int | None = None, plan: str | None = None) -> Pipeline:

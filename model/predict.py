@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from model.bundle import BundleError
 from model.engine import Engine
+from model.tokenizer import full_length
 from training.arguments import PREDICT_TASKS
 from training.corpus import DEFAULT_TEXT_COLUMNS
 from training.errors import CLIError
@@ -162,25 +163,46 @@ def _column(path: Path, header: list[str], name: str | None) -> int:
     )
 
 
-def count_lines(path: Path) -> int | None:
-    """Lines in a plain file (for the progress bar's total), in one cheap pass; None for .gz."""
+def count_rows(path: Path, fmt: str) -> int | None:
+    """Rows in a plain file, for the progress bar's total, in one cheap pass; None for .gz.
+
+    Lines, less a CSV/TSV header; a quoted field that spans lines makes it an overestimate, so the bar
+    is closed at the count actually read."""
     if path.suffix == ".gz":
         return None
+    lines, last = 0, b"\n"
     with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    return max(0, lines - (fmt in ("csv", "tsv")))
 
 
 # --- scoring ----------------------------------------------------------------------------------------
-def score(engine: Engine, task: str, rows: list[Row], top_k: int) -> list[Any]:
-    """The engine's answer for each row of one batch."""
-    if task == "classify":
-        return engine.classify([r.text for r in rows])
-    if task == "fill-mask":
-        return engine.fill_mask([r.text for r in rows], top_k=top_k)
-    return engine.next_sentence([(r.text, r.pair or "") for r in rows])
+def score(engine: Engine, task: str, rows: list[Row], top_k: int) -> list[tuple[Any, bool]]:
+    """For each row of one batch: the engine's answer, and whether the row was cut to the model's
+    maximum length (the engine truncates as the web API does with "truncate": true)."""
+    texts = [r.text for r in rows]
+    ids = engine.tokenizer.encode_ids_batch(texts)  # once: the engine builds its batch from them
+    if task == "next-sentence":
+        pairs = [(r.text, r.pair or "") for r in rows]
+        pair_ids = list(zip(ids, engine.tokenizer.encode_ids_batch([b for _, b in pairs]), strict=True))
+        lengths = [full_length(a, b) for a, b in pair_ids]
+        results = engine.next_sentence(pairs, ids=pair_ids)
+    else:
+        lengths = [full_length(i) for i in ids]
+        if task == "classify":
+            results = engine.classify(texts, ids=ids)
+        else:
+            results = engine.fill_mask(texts, top_k=top_k, ids=ids)
+    return list(zip(results, [n > engine.max_length for n in lengths], strict=True))
 
 
-def score_batch(engine: Engine, task: str, rows: list[Row], top_k: int) -> list[tuple[Row, Any] | BadRow]:
+Scored = tuple[Row, tuple[Any, bool]]
+
+
+def score_batch(engine: Engine, task: str, rows: list[Row], top_k: int) -> list[Scored | BadRow]:
     """Score a batch; when the engine refuses it (e.g. a [MASK] cut off by the maximum length), score the
     rows one by one so that only the rows at fault become BadRows."""
     try:
@@ -189,7 +211,7 @@ def score_batch(engine: Engine, task: str, rows: list[Row], top_k: int) -> list[
         return [score_one(engine, task, row, top_k) for row in rows]
 
 
-def score_one(engine: Engine, task: str, row: Row, top_k: int) -> tuple[Row, Any] | BadRow:
+def score_one(engine: Engine, task: str, row: Row, top_k: int) -> Scored | BadRow:
     try:
         return row, score(engine, task, [row], top_k)[0]
     except ValueError as exc:  # the engine's message speaks of "text 0" of its batch
@@ -244,11 +266,12 @@ def predict(
                 counts.bad += 1
                 report(item)
                 continue
-            row, result = item
+            row, (result, truncated) = item
             record: dict[str, Any] = {"line": row.line, "text": row.text}
             if row.pair is not None:
                 record["pair"] = row.pair
             record["result"] = result
+            record["truncated"] = truncated
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             counts.scored += 1
         if progress is not None:
@@ -303,12 +326,14 @@ def run(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     started = time.perf_counter()
-    bar = tqdm(total=count_lines(source), unit="row", disable=args.quiet, dynamic_ncols=True, mininterval=1.0)
+    total = count_rows(source, fmt)
+    bar = tqdm(total=total, unit="row", disable=args.quiet, dynamic_ncols=True, mininterval=1.0)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             counts = predict(engine, args.task, rows, out, report, args.batch_size, args.top_k, bar)
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target)  # readers never see a half-written output
+        bar.total = bar.n  # the rows there were, whatever the estimate
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -322,4 +347,6 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(map(str, report.lines[:MAX_REPORTED])) + more
         summary += f"; skipped {counts.bad} bad row(s) (lines {shown})"
     print(summary)
+    if counts.scored == 0 and counts.bad == 0:  # not an error (an empty batch is one), but rarely meant
+        print(f"warning: {source}: no rows to score", file=sys.stderr)
     return 0

@@ -10,7 +10,7 @@ Special tokens sit at fixed ids in every tokenizer this project trains:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -78,6 +78,12 @@ def truncate_pair(tokens_a: S, tokens_b: S, max_tokens: int) -> tuple[S, S]:
     drop_b += (rest + 1) // 2
     drop_a += rest // 2
     return tokens_a[drop_a:], tokens_b[: len_b - drop_b]
+
+
+def full_length(ids_a: Sized, ids_b: Sized | None = None) -> int:
+    """Tokens in [CLS] A [SEP] (B [SEP]) before any truncation: what is compared with a model's max_length
+    to tell whether an input will be cut."""
+    return len(ids_a) + 2 if ids_b is None else len(ids_a) + len(ids_b) + 3
 
 
 def pad_batch(encodings: Sequence[Encoding], pad_to: int | None = None) -> BatchEncoding:

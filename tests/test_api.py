@@ -188,6 +188,7 @@ def test_fill_mask_can_leave_out_the_sequence(client: TestClient) -> None:
         ({"inputs": "a [MASK].", "top_k": 0}, "top_k", "greater than or equal to 1"),
         ({"inputs": "a [MASK].", "top_k": 21}, "top_k", "less than or equal to 20"),
         ({"inputs": "a [MASK].", "model": "nope"}, "model", "unknown model 'nope'"),
+        ({"inputs": "a [MASK].", "model": ""}, "model", "at least 1 character"),
         ({"inputs": 5}, "inputs", "a text or a list of texts"),
         ({"inputs": "a [MASK].", "topk": 3}, "topk", "extra inputs"),
         ({}, "inputs", "required"),
@@ -283,7 +284,9 @@ def test_truncation_is_an_option_and_is_reported(client: TestClient, engine) -> 
     assert_422(client.post("/next-sentence", json={"pairs": pair}), "pairs", "tokens long")
     assert client.post("/next-sentence", json={"pairs": pair, "truncate": True}).json()["truncated"] == [True]
     text = "the cat sees the park. " * 8
-    assert_422(client.post("/attention", json={"text": text}), "text", "tokens long")
+    refused = client.post("/attention", json={"text": text})
+    assert_422(refused, "text", "tokens long")
+    assert refused.json()["detail"][0]["loc"] == ["body", "text"]  # one text: no index after the field
     assert client.post("/attention", json={"text": text, "truncate": True}).json()["truncated"] is True
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.engine import Engine
+from model.predict import count_rows, input_format
 from training.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,9 @@ def test_classify_a_real_file(shared_data: Path, tiny_bundle: Path, tmp_path: Pa
             [p["score"] for p in expected], abs=1e-5
         )
         assert sum(p["score"] for p in record["result"]) == pytest.approx(1.0, abs=1e-5)
+    tokenizer = engine.tokenizer  # SST-2 dev has sentences longer than the tiny bundle's 64 tokens
+    long = [len(tokenizer.encode_ids(r["text"])) + 2 > engine.max_length for r in found]
+    assert [r["truncated"] for r in found] == long and 0 < sum(long) < len(long)
 
 
 BAD_JSONL = [
@@ -132,9 +136,9 @@ def test_rows_reach_the_engine_in_batches(tiny_bundle: Path, tmp_path: Path, mon
     sizes: list[int] = []
     original = Engine.classify
 
-    def recording(self, texts, top_k=None):
+    def recording(self, texts, top_k=None, ids=None):
         sizes.append(len(texts))
-        return original(self, texts, top_k)
+        return original(self, texts, top_k, ids)
 
     monkeypatch.setattr(Engine, "classify", recording)
     source = tmp_path / "many.csv"
@@ -171,6 +175,32 @@ def test_an_output_that_would_replace_the_input_or_a_folder_is_refused(
     assert f"{tmp_path}: is a folder; --output names the file to write" in capsys.readouterr().err
     assert predict(tiny_bundle, "classify", tmp_path, tmp_path / "o.jsonl") == 2
     assert f"{tmp_path}: is a folder; --input names a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "rows"),
+    [
+        ("r.tsv", "text\tlabel\ngood\t1\nbad\t0\n", 2),  # the header is not a row
+        ("r.csv", "text\ngood\nbad", 2),  # nor is it in a CSV; the last line has no newline
+        ("r.txt", "good\n\nbad\n", 3),  # a blank line is a (bad) row of its own
+        ("r.txt", "", 0),
+    ],
+)
+def test_the_progress_total_counts_rows(name: str, text: str, rows: int, tmp_path: Path) -> None:
+    source = tmp_path / name
+    source.write_text(text, encoding="utf-8")
+    assert count_rows(source, input_format(source, "auto")) == rows
+
+
+def test_an_input_without_rows_writes_an_empty_output_and_says_so(
+    tiny_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    source = tmp_path / "reviews.tsv"
+    source.write_text("text\tlabel\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert predict(tiny_bundle, "classify", source, out) == 0
+    assert out.read_text(encoding="utf-8") == ""
+    assert f"warning: {source}: no rows to score" in capsys.readouterr().err
 
 
 def test_predict_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None:
