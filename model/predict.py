@@ -326,8 +326,9 @@ def run(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     started = time.perf_counter()
-    total = count_rows(source, fmt)
-    bar = tqdm(total=total, unit="row", disable=args.quiet, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=count_rows(source, fmt), unit="row", disable=args.quiet, dynamic_ncols=True, mininterval=1.0
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             counts = predict(engine, args.task, rows, out, report, args.batch_size, args.top_k, bar)
@@ -347,6 +348,6 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(map(str, report.lines[:MAX_REPORTED])) + more
         summary += f"; skipped {counts.bad} bad row(s) (lines {shown})"
     print(summary)
-    if counts.scored == 0 and counts.bad == 0:  # not an error (an empty batch is one), but rarely meant
+    if counts.scored == 0 and counts.bad == 0:  # not an error (scripts pass empty files), rarely meant
         print(f"warning: {source}: no rows to score", file=sys.stderr)
     return 0

@@ -119,6 +119,7 @@ class EvalSets:
 def read_eval_sets(
     eval_text: str | Path | None, eval_dev: str | Path | None, task: str, labels: list[str], limit: int
 ) -> EvalSets:
+    """The files given (either may be None), each read now: CLIError names a bad one."""
     sets = EvalSets(dev_task=task)
     if eval_text is not None:
         sets.text_file, sets.sentences = str(eval_text), read_eval_text(eval_text, limit)
