@@ -222,9 +222,10 @@ class ServedModel:
                     f"at most {settings.max_masks_per_text} [MASK] tokens per text, got {masks}",
                     masks,
                 )
-            cut = full_length(ids) > max_length
+            tokens = full_length(ids)
+            cut = tokens > max_length
             if cut and not truncate:
-                raise self._too_long(("inputs", index), full_length(ids))
+                raise self._too_long(("inputs", index), tokens)
             # what the model will see: the tokenizer's own truncation, not a copy of its rule
             seen = (
                 tokenizer.build_inputs(ids, max_length=max_length).input_ids.count(MASK_ID) if cut else masks
